@@ -1,0 +1,5 @@
+import sys
+
+from fastasd.cli import main
+
+sys.exit(main())

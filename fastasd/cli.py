@@ -1,0 +1,69 @@
+"""The ``fastasd`` command line.
+
+Each subcommand lives in the module of its concern, which defines
+``add_cli_arguments(parser)`` and ``run_cli(args) -> int``; this file only dispatches, and
+imports a module only when its subcommand runs (so ``fastasd --help`` stays fast).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("fastasd.demo", "synthesize data, train, score and evaluate in one go"),
+    "synth": ("fastasd.data.synth", "write a synthetic DCASE-style machine-sound dataset"),
+    "train": ("fastasd.train", "train a detector on a DCASE-layout dataset"),
+    "score": ("fastasd.score", "score audio files, folders, archives or a DCASE root"),
+    "evaluate": ("fastasd.evaluate", "compute AUC/pAUC and the official score of submission files"),
+    "baseline": ("fastasd.baseline", "mean log-spectrum + nearest-neighbour baseline scores"),
+    "info": ("fastasd._backend", "show how the fastasd operators were built and which backend runs"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fastasd import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="fastasd",
+        description="Anomalous sound detection for machine condition monitoring.",
+    )
+    parser.add_argument("--version", action="version", version=f"fastasd {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        # Arguments are added lazily in main() for the chosen command only.
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Find the subcommand first, then let its module define the arguments.
+    sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sp in sub_action.choices.items():
+        if name in argv:
+            idx = argv.index(name)
+            if all(a.startswith("-") for a in argv[:idx]):
+                importlib.import_module(COMMANDS[name][0]).add_cli_arguments(sp)
+                break
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run_cli(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

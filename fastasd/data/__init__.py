@@ -1,0 +1,1 @@
+"""Data layer: DCASE layouts, audio loading, class labels, datasets, synthetic machine sounds."""
