@@ -1,0 +1,209 @@
+"""``fastasd evaluate``: score DCASE submission files against the labelled test clips.
+
+    fastasd evaluate SCORES_DIR DATA_ROOT [--ground-truth GT_ROOT] [--json FILE] [--plots DIR]
+
+Reads every ``anomaly_score_<mt>_section_<ss>_test.csv`` in SCORES_DIR, joins each row to the
+label and domain of the test clip with the same machine type, section and FILE NAME (never by
+order) found under DATA_ROOT (labels of unlabelled evaluation sets come from the ground-truth CSVs
+under GT_ROOT), and prints per-section AUC/pAUC in both modes (see :mod:`fastasd.metrics`) and the
+official score. Sections present in the data but absent from the scores are skipped with a
+warning; within a scored section every test clip must be scored exactly once.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from fastasd._io import atomic_open, atomic_write_json
+from fastasd.metrics import Evaluation, evaluate_records
+from fastasd.submission import read_scores
+
+logger = logging.getLogger(__name__)
+_MAX_NAMES = 10
+
+
+def _names(names) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:_MAX_NAMES])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > _MAX_NAMES else "")
+
+
+def build_records(scores_dir: str | os.PathLike, data_root, ground_truth=None) -> list[dict]:
+    """Join the scores of ``scores_dir`` with labels and domains of the test clips of ``data_root``.
+
+    Takes: a folder of ``anomaly_score_*`` files; a DCASE root (or anything
+    :func:`fastasd.data.layout.discover` accepts); optionally the root of the official
+    ground-truth CSVs (``ground_truth_data/``, ``ground_truth_domain/``).
+    Returns: records (file_name, machine_type, section, domain, label, score), one per scored clip.
+    Raises ``ValueError`` naming the files when a scored file is not a test clip of the data
+    (extra), a test clip of a scored section has no score (missing), or the data hold the same
+    file name twice in a section.
+    """
+    from fastasd.data.layout import discover
+
+    scores = read_scores(scores_dir)
+    clips = discover(data_root, ground_truth=ground_truth, splits=("test",))
+    truth: dict[tuple[str, str, str], tuple[str, str]] = {}
+    dup_data = []
+    for clip in clips:
+        key = (clip.machine_type, clip.section, clip.file_name)
+        if key in truth:
+            dup_data.append(f"{clip.machine_type}/section_{clip.section}/{clip.file_name}")
+        truth[key] = (clip.label, clip.domain)
+    if dup_data:
+        raise ValueError(f"{data_root}: test file name(s) found more than once in a section: "
+                         f"{_names(dup_data)}")
+
+    scored_sections = {(mt, sec) for mt, sec, _, _ in scores}
+    scored_keys = {(mt, sec, name) for mt, sec, name, _ in scores}
+    extra = [f"{mt}/section_{sec}/{name}" for mt, sec, name, _ in scores
+             if (mt, sec, name) not in truth]
+    missing = [f"{mt}/section_{sec}/{name}" for (mt, sec, name) in truth
+               if (mt, sec) in scored_sections and (mt, sec, name) not in scored_keys]
+    problems = []
+    if extra:
+        problems.append(f"{len(extra)} scored file(s) are not test clips of {data_root}: "
+                        f"{_names(extra)}")
+    if missing:
+        problems.append(f"{len(missing)} test clip(s) of scored sections have no score in "
+                        f"{scores_dir}: {_names(missing)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+    unscored = sorted({(mt, sec) for (mt, sec, _) in truth} - scored_sections)
+    if unscored:
+        logger.warning("sections in %s without a score file (not evaluated): %s", data_root,
+                       ", ".join(f"{mt}/section_{sec}" for mt, sec in unscored))
+    records = []
+    for mt, sec, name, score in scores:
+        label, domain = truth[(mt, sec, name)]
+        records.append({"file_name": name, "machine_type": mt, "section": sec,
+                        "domain": domain, "label": label, "score": score})
+    return records
+
+
+def evaluate_directory(scores_dir: str | os.PathLike, data_root, ground_truth=None, *,
+                       max_fpr: float = 0.1, allow_undefined: bool = False) -> Evaluation:
+    """Evaluate the submission files in ``scores_dir`` against the test clips of ``data_root``.
+
+    Takes: as :func:`build_records`; ``max_fpr`` for the pAUC; ``allow_undefined`` as in
+    :func:`fastasd.metrics.evaluate_records`.
+    Returns: :class:`fastasd.metrics.Evaluation` (``official_score`` a fraction in [0, 1]).
+    Raises ``ValueError`` naming files/sections for extra, missing or duplicated file names,
+    unlabelled clips (pass ``ground_truth``) and undefined metrics.
+    """
+    records = build_records(scores_dir, data_root, ground_truth)
+    return evaluate_records(records, max_fpr=max_fpr, allow_undefined=allow_undefined)
+
+
+def plot_evaluation(evaluation: Evaluation, out_dir: str | os.PathLike) -> list[Path]:
+    """Write one PNG per section: ROC curves and score histograms by domain and label.
+
+    Left panel: ROC curves of the official source (source normals + all anomalies) and target
+    sets and of all clips, AUCs in the legend. Right panel: histograms of the scores of source /
+    target x normal / anomaly clips on shared bins. Files: ``<out_dir>/<mt>_section_<ss>.png``.
+    Needs matplotlib (extra ``fastasd[plots]``); uses the Agg canvas directly, so the global
+    pyplot backend is left alone. Returns the written paths.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError("plots need matplotlib: pip install 'fastasd[plots]' "
+                          f"(or matplotlib) ({e})") from e
+    import numpy as np
+    from sklearn.metrics import roc_curve
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    by_section: dict[tuple[str, str], list[dict]] = {}
+    for r in evaluation.records:
+        by_section.setdefault((r["machine_type"], r["section"]), []).append(r)
+    paths = []
+    for (mt, sec), result in evaluation.sections.items():
+        recs = by_section.get((mt, sec), [])
+        y = np.array([r["label"] == "anomaly" for r in recs], dtype=np.int64)
+        s = np.array([r["score"] for r in recs], dtype=np.float64)
+        src = np.array([r["domain"] == "source" for r in recs], dtype=bool)
+        anom = y == 1
+        fig = Figure(figsize=(10, 4.2), dpi=80)
+        FigureCanvasAgg(fig)
+        ax_roc, ax_hist = fig.subplots(1, 2)
+        curves = [("source (official)", src | anom, result.official["auc_source"]),
+                  ("target (official)", ~src | anom, result.official["auc_target"]),
+                  ("all clips", np.ones_like(src), result.paper["auc_mixed"])]
+        for name, mask, auc in curves:
+            if len(set(y[mask].tolist())) == 2:
+                fpr, tpr, _ = roc_curve(y[mask], s[mask])
+                ax_roc.plot(fpr, tpr, label=f"{name}: AUC {100 * auc:.2f} %")
+        ax_roc.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
+        ax_roc.axvline(evaluation.max_fpr, color="0.7", linestyle="--", linewidth=1)
+        ax_roc.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1),
+                   ylim=(0, 1.01), title=f"{mt} section {sec}: ROC "
+                   f"(pAUC {100 * result.official['pauc']:.2f} %)")
+        ax_roc.legend(loc="lower right", fontsize="small")
+        bins = np.histogram_bin_edges(s, bins=min(30, max(5, len(s) // 4)))
+        for dom_name, dmask in (("source", src), ("target", ~src)):
+            for lab_name, lmask in (("normal", ~anom), ("anomaly", anom)):
+                m = dmask & lmask
+                if m.any():
+                    ax_hist.hist(s[m], bins=bins, alpha=0.5, histtype="stepfilled",
+                                 label=f"{dom_name} {lab_name} ({int(m.sum())})")
+        ax_hist.set(xlabel="anomaly score (higher = more anomalous)", ylabel="clips",
+                    title="score distribution")
+        ax_hist.legend(fontsize="small")
+        fig.tight_layout()
+        path = out / f"{mt}_section_{sec}.png"
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png")
+        paths.append(path)
+    return paths
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``fastasd evaluate``."""
+    parser.add_argument("scores_dir", metavar="SCORES_DIR",
+                        help="folder with anomaly_score_<mt>_section_<ss>_test.csv files")
+    parser.add_argument("data_root", metavar="DATA_ROOT",
+                        help="DCASE root (<root>/<machine_type>/test/*.wav) with the test clips")
+    parser.add_argument("--ground-truth", metavar="GT_ROOT", default=None,
+                        help="root of the official ground-truth CSVs (ground_truth_data/, "
+                             "ground_truth_domain/) for unlabelled evaluation sets")
+    parser.add_argument("--json", metavar="FILE", default=None,
+                        help="also write the results as JSON (top-level official_score, a "
+                             "fraction in [0, 1])")
+    parser.add_argument("--plots", metavar="DIR", default=None,
+                        help="write per-section ROC curves and score histograms as PNG "
+                             "(needs matplotlib)")
+    parser.add_argument("--max-fpr", type=float, default=0.1,
+                        help="false-positive-rate limit of the pAUC (default: 0.1, as DCASE)")
+    parser.add_argument("--allow-undefined", action="store_true",
+                        help="report a metric whose clips hold one class only as NaN and leave "
+                             "it out of the means, instead of failing")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``fastasd evaluate``: print the table; 0 on success, 2 on a data/input error."""
+    try:
+        ev = evaluate_directory(args.scores_dir, args.data_root, args.ground_truth,
+                                max_fpr=args.max_fpr, allow_undefined=args.allow_undefined)
+        print(ev.format_table())
+        if args.json:
+            result = ev.to_dict()
+            result["inputs"] = {"scores_dir": str(args.scores_dir),
+                                "data_root": str(args.data_root),
+                                "ground_truth": None if args.ground_truth is None
+                                else str(args.ground_truth)}
+            atomic_write_json(args.json, result)
+            logger.info("wrote %s", args.json)
+        if args.plots:
+            paths = plot_evaluation(ev, args.plots)
+            logger.info("wrote %d plot(s) to %s", len(paths), args.plots)
+    except (ValueError, OSError, ImportError) as e:
+        print(f"fastasd evaluate: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
