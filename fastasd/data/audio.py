@@ -15,7 +15,6 @@ import threading
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +123,9 @@ def load_audio(
         if first:
             logger.warning("resampling %d Hz audio to %d Hz (first such file: %s)", rate, sample_rate, label)
         g = math.gcd(rate, sample_rate)
+        # Imported here: scipy.signal costs ~2 s of start-up in every decode worker otherwise.
+        from scipy.signal import resample_poly
+
         x = resample_poly(x, sample_rate // g, rate // g).astype(np.float32, copy=False)
 
     if num_samples is not None:
