@@ -1,0 +1,312 @@
+// min_cosine_distance on CUDA: for each query, 1 - max cosine similarity over the reference rows
+// of its group (math: fastasd/reference.py), without building the N x M similarity matrix.
+//
+// Queries arrive in any group order, and a group's references (a section: ~16-30 rows) must be
+// reused by many queries from fast memory. So a block owns one group g and one slice s of the
+// queries: it stages g's references in shared memory (normalized there, in chunks of up to kRC
+// rows), scans the group ids of its slice, compacts the queries of group g into a shared list,
+// and scores them. Each query is read from global memory exactly once, by one block. Four
+// threads share a query (each takes every 4th 16-byte vector of the row, so a warp reads 8 rows
+// x 64 contiguous bytes per load), keep one accumulator per staged reference in registers, and
+// combine their partial dot products with two xor-shuffles; the max over references follows.
+//
+// Value checks (ref_offsets bounds/monotonicity, query_group range) run inside the kernel; bad
+// entries produce NaN and set an error flag. The host reads the flag (one 4-byte copy and a
+// stream sync) and raises the same error as the CPU op, unless the stream is being captured into
+// a CUDA graph or FASTASD_CUDA_CHECK_VALUES=0 (then the NaNs are the only signal).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <vector>
+
+#include "checks.h"
+
+namespace fastasd {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kTPQ = 4;              // threads per query
+constexpr int kRC = 32;              // references staged per chunk (register accumulators)
+constexpr int kCap = 1024;           // group ids scanned per round (list capacity)
+constexpr size_t kRefBudget = 32 * 1024;  // shared memory for a reference chunk
+
+constexpr int kErrBounds = 1;  // ref_offsets does not start at 0 / end at M / leaves [0, M]
+constexpr int kErrEmpty = 2;   // a group without references
+constexpr int kErrGroup = 4;   // a query_group value outside [0, G)
+
+template <typename T>
+struct Vec16;  // 16 bytes of T
+template <>
+struct Vec16<float> {
+  using type = float4;
+  static constexpr int kWidth = 4;
+};
+template <>
+struct Vec16<double> {
+  using type = double2;
+  static constexpr int kWidth = 2;
+};
+
+__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+__device__ __forceinline__ float dot16(float4 a, float4 b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+__device__ __forceinline__ double dot16(double2 a, double2 b) { return a.x * b.x + a.y * b.y; }
+
+struct MinCosParams {
+  const void* queries;     // [N, D]
+  const void* refs;        // [M, D]
+  const int64_t* group;    // [N]
+  const int64_t* offsets;  // [G+1]
+  void* out;               // [N]
+  int* err;                // error flags
+  int64_t N, M;
+  int D, G, slices, rc;    // rc: references per staged chunk (<= kRC)
+};
+
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(kThreads) min_cosine_distance_kernel(const MinCosParams p) {
+  using V = typename Vec16<T>::type;
+  constexpr int W = Vec16<T>::kWidth;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* refs_s = reinterpret_cast<T*>(smem);                        // [rc, D], normalized
+  T* best_s = reinterpret_cast<T*>(smem + sizeof(T) * size_t(p.rc) * p.D);  // [kCap]
+  T* sq_s = best_s + kCap;                                       // [kCap] squared query norms
+  int* list_s = reinterpret_cast<int*>(sq_s + kCap);             // [kCap] query offsets in round
+  __shared__ int count_s;
+
+  const int D = p.D, G = p.G;
+  const int g = blockIdx.x / p.slices, s = blockIdx.x % p.slices;
+  const int64_t q_begin = p.N * s / p.slices, q_end = p.N * (s + 1) / p.slices;
+  const T* Q = static_cast<const T*>(p.queries);
+  T* out = static_cast<T*>(p.out);
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+
+  const int64_t r0 = p.offsets[g], r1 = p.offsets[g + 1];
+  int bad = 0;
+  if (r0 < 0 || r1 > p.M || (g == 0 && r0 != 0) || (g == G - 1 && r1 != p.M)) bad |= kErrBounds;
+  if (r0 >= r1) bad |= kErrEmpty;
+  if (bad && s == 0 && threadIdx.x == 0) atomicOr(p.err, bad);
+  const int64_t nref = bad ? 0 : r1 - r0;
+  const int nchunks = static_cast<int>((nref + p.rc - 1) / p.rc);
+
+  const int lane = threadIdx.x & 31, u = threadIdx.x % kTPQ, slot = threadIdx.x / kTPQ;
+  const unsigned quad = 0xFu << (lane & ~(kTPQ - 1));  // the 4 lanes sharing a query
+  constexpr int kSlots = kThreads / kTPQ;
+  int loaded = -1;  // staged chunk
+
+  for (int64_t base = q_begin; base < q_end; base += kCap) {
+    // 1. Compact the queries of group g among ids [base, base + kCap) of the slice.
+    if (threadIdx.x == 0) count_s = 0;
+    __syncthreads();
+    const int64_t lim = min64(q_end, base + kCap);
+    for (int64_t i = base + threadIdx.x; i < lim; i += blockDim.x) {
+      const int64_t gi = p.group[i];
+      if (g == 0 && (gi < 0 || gi >= G)) {  // one block per slice checks the range
+        out[i] = nan;
+        atomicOr(p.err, kErrGroup);
+      }
+      if (gi == g) {
+        if (bad) {
+          out[i] = nan;
+        } else {
+          list_s[atomicAdd(&count_s, 1)] = static_cast<int>(i - base);
+        }
+      }
+    }
+    __syncthreads();
+    const int count = count_s;
+    if (count == 0) continue;
+
+    // 2. Score them against each chunk of g's references.
+    for (int ch = 0; ch < nchunks; ++ch) {
+      const int rc = static_cast<int>(min64(p.rc, nref - int64_t(ch) * p.rc));
+      if (loaded != ch) {
+        __syncthreads();  // nobody still reads the previous chunk
+        const T* R = static_cast<const T*>(p.refs) + (r0 + int64_t(ch) * p.rc) * D;
+        for (int i = threadIdx.x; i < rc * D; i += blockDim.x) refs_s[i] = R[i];
+        __syncthreads();
+        for (int j = threadIdx.x / 32; j < rc; j += blockDim.x / 32) {  // a warp per row
+          T ss = T(0);
+          for (int d = lane; d < D; d += 32) ss += refs_s[j * D + d] * refs_s[j * D + d];
+#pragma unroll
+          for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+          const T inv = T(1) / max(sqrt(ss), T(1e-12));
+          for (int d = lane; d < D; d += 32) refs_s[j * D + d] *= inv;
+        }
+        __syncthreads();
+        loaded = ch;
+      }
+      for (int e0 = 0; e0 < count; e0 += kSlots) {
+        const int e = e0 + slot;
+        if (e < count) {  // the 4 lanes of a slot agree on this branch
+          const T* qrow = Q + (base + list_s[e]) * D;
+          T acc[kRC];
+#pragma unroll
+          for (int j = 0; j < kRC; ++j) acc[j] = T(0);
+          T sq = T(0);
+          if constexpr (VEC) {
+            const V* q4 = reinterpret_cast<const V*>(qrow);
+            const V* r4 = reinterpret_cast<const V*>(refs_s);
+            const int Dv = D / W;
+            for (int dv = u; dv < Dv; dv += kTPQ) {
+              const V qv = q4[dv];
+              sq += dot16(qv, qv);
+#pragma unroll
+              for (int j = 0; j < kRC; ++j) {
+                if (j < rc) acc[j] += dot16(qv, r4[j * Dv + dv]);
+              }
+            }
+          } else {
+            for (int d = u; d < D; d += kTPQ) {
+              const T qv = qrow[d];
+              sq += qv * qv;
+#pragma unroll
+              for (int j = 0; j < kRC; ++j) {
+                if (j < rc) acc[j] += qv * refs_s[j * D + d];
+              }
+            }
+          }
+          T m = -std::numeric_limits<T>::infinity();
+#pragma unroll
+          for (int j = 0; j < kRC; ++j) {
+            if (j < rc) {
+              T a = acc[j];
+              a += __shfl_xor_sync(quad, a, 1);
+              a += __shfl_xor_sync(quad, a, 2);
+              m = max(m, a);
+            }
+          }
+          sq += __shfl_xor_sync(quad, sq, 1);
+          sq += __shfl_xor_sync(quad, sq, 2);
+          if (u == 0) {
+            best_s[e] = (ch == 0) ? m : max(best_s[e], m);
+            sq_s[e] = sq;
+          }
+        }
+      }
+    }
+    __syncthreads();
+    // 3. Distances of this round's queries.
+    for (int e = threadIdx.x; e < count; e += blockDim.x) {
+      const T norm = max(sqrt(sq_s[e]), T(1e-12));
+      out[base + list_s[e]] = T(1) - best_s[e] / norm;
+    }
+    __syncthreads();  // list_s/best_s are reused by the next round
+  }
+}
+
+int env_flag(const char* name, int default_value) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return default_value;
+  return std::atoi(v);
+}
+
+template <typename T>
+void launch(MinCosParams p, bool vec, int64_t blocks, cudaStream_t stream, int device) {
+  const size_t smem = sizeof(T) * size_t(p.rc) * p.D + kCap * (2 * sizeof(T) + sizeof(int));
+  int smem_optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  FASTASD_CHECK(smem <= size_t(smem_optin), "min_cosine_distance", "queries",
+                "has D=", p.D, " columns, too many for one reference row in shared memory");
+  auto kernel = vec ? min_cosine_distance_kernel<T, true> : min_cosine_distance_kernel<T, false>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  kernel<<<static_cast<unsigned int>(blocks), kThreads, smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+at::Tensor min_cosine_distance_cuda(const at::Tensor& queries, const at::Tensor& refs,
+                                    const at::Tensor& query_group, const at::Tensor& ref_offsets) {
+  check_min_cosine_distance_args(queries, refs, query_group, ref_offsets);
+  const c10::cuda::CUDAGuard guard(queries.device());
+  const int64_t N = queries.size(0), D = queries.size(1), M = refs.size(0);
+  const int64_t G = ref_offsets.size(0) - 1;
+  FASTASD_CHECK(D < (int64_t{1} << 24), "min_cosine_distance", "queries", "has too many columns: ", D);
+  FASTASD_CHECK(G < (int64_t{1} << 24), "min_cosine_distance", "ref_offsets", "has too many groups: ", G);
+  at::Tensor out = at::empty({N}, queries.options());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int device = queries.device().index();
+
+  at::Tensor err = at::empty({1}, queries.options().dtype(at::kInt));
+  C10_CUDA_CHECK(cudaMemsetAsync(err.mutable_data_ptr<int>(), 0, sizeof(int), stream));
+
+  if (N > 0) {
+    int sm_count = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+    MinCosParams p{};
+    p.queries = queries.const_data_ptr();
+    p.refs = refs.const_data_ptr();
+    p.group = query_group.const_data_ptr<int64_t>();
+    p.offsets = ref_offsets.const_data_ptr<int64_t>();
+    p.out = out.mutable_data_ptr();
+    p.err = err.mutable_data_ptr<int>();
+    p.N = N;
+    p.M = M;
+    p.D = static_cast<int>(D);
+    p.G = static_cast<int>(G);
+    // Slices per group: enough blocks to fill the GPU twice, at least ~64 ids per slice.
+    const int64_t want = (2 * int64_t(sm_count) + G - 1) / G;
+    p.slices = static_cast<int>(std::clamp<int64_t>(want, 1, std::max<int64_t>(1, N / 64)));
+    FASTASD_CHECK(G * p.slices < (int64_t{1} << 31), "min_cosine_distance", "ref_offsets",
+                  "has too many groups for one launch: ", G);
+    const size_t elem = queries.element_size();
+    p.rc = static_cast<int>(std::clamp<int64_t>(
+        static_cast<int64_t>(kRefBudget / std::max<size_t>(1, size_t(D) * elem)), 1, kRC));
+    const size_t width = 16 / elem;
+    const bool vec = D % int64_t(width) == 0 &&
+                     reinterpret_cast<uintptr_t>(queries.const_data_ptr()) % 16 == 0;
+    const int64_t blocks = G * p.slices;
+    if (queries.scalar_type() == at::kFloat) {
+      launch<float>(p, vec, blocks, stream, device);
+    } else {
+      launch<double>(p, vec, blocks, stream, device);
+    }
+  } else {
+    // Still validate ref_offsets for an empty batch (as the CPU op does): tiny, so on the host.
+  }
+
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  static const bool check_values = env_flag("FASTASD_CUDA_CHECK_VALUES", 1) != 0;
+  if (capture == cudaStreamCaptureStatusNone && (check_values || N == 0)) {
+    int flags = 0;
+    if (N > 0) {
+      C10_CUDA_CHECK(cudaMemcpyAsync(&flags, err.const_data_ptr<int>(), sizeof(int),
+                                     cudaMemcpyDeviceToHost, stream));
+      C10_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+    if (flags != 0 || N == 0) {
+      // Slow path: the exact message from host copies of the index tensors.
+      std::vector<int64_t> off(G + 1), grp(N);
+      C10_CUDA_CHECK(cudaMemcpyAsync(off.data(), ref_offsets.const_data_ptr<int64_t>(),
+                                     sizeof(int64_t) * (G + 1), cudaMemcpyDeviceToHost, stream));
+      if (N > 0) {
+        C10_CUDA_CHECK(cudaMemcpyAsync(grp.data(), query_group.const_data_ptr<int64_t>(),
+                                       sizeof(int64_t) * N, cudaMemcpyDeviceToHost, stream));
+      }
+      C10_CUDA_CHECK(cudaStreamSynchronize(stream));
+      check_min_cosine_distance_values(off.data(), G, M, grp.data(), N);
+      FASTASD_CHECK(flags == 0, "min_cosine_distance", "ref_offsets",
+                    "or query_group failed a device-side check (flags ", flags, ")");
+    }
+  }
+  return out;
+}
+
+TORCH_LIBRARY_IMPL(fastasd, CUDA, m) { m.impl("min_cosine_distance", &min_cosine_distance_cuda); }
+
+}  // namespace fastasd

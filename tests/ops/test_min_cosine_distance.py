@@ -1,0 +1,160 @@
+"""min_cosine_distance: native kernels (C++ CPU, CUDA) against the float64 PyTorch reference.
+
+Tolerances (absolute; distances lie in [0, 2]): float64 kernels 1e-12; float32 kernels 1e-5
+(float32 dot products of length D <= 256 carry ~sqrt(D) * 6e-8 ~ 1e-6 relative error, and
+PyTorch's own float32 computation is off by the same order).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastasd import _backend, ops, reference
+
+op = torch.ops.fastasd.min_cosine_distance.default
+TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def make(N, D, sizes, dtype=torch.float64, device="cpu"):
+    """Random queries/refs and a random (unsorted) group for each query."""
+    q = torch.randn(N, D, dtype=dtype, device=device)
+    r = torch.randn(sum(sizes), D, dtype=dtype, device=device)
+    g = torch.randint(0, len(sizes), (N,), device=device)
+    off = torch.tensor([0, *torch.tensor(sizes).cumsum(0).tolist()], device=device)
+    return q, r, g, off
+
+
+# (N, D, group sizes): tiny and odd sizes, D not a multiple of any vector width, one group,
+# a group larger than one tile, an empty batch, and the paper's sizes (16 k-means means + 10
+# target clips per section, 42 sections, 256-d embeddings).
+SHAPES = [
+    (7, 5, [1, 3, 2]),
+    (33, 17, [5]),
+    (50, 1, [3, 4]),
+    (100, 64, [70, 3]),
+    (0, 8, [2, 2]),
+    (257, 256, [16, 10, 26, 1]),
+    (2000, 256, [26] * 42),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("N,D,sizes", SHAPES)
+def test_cpu_matches_reference(N, D, sizes, dtype, check_close):
+    q, r, g, off = make(N, D, sizes)
+    ref = reference.min_cosine_distance(q, r, g, off)
+    out = op(q.to(dtype), r.to(dtype), g, off)
+    assert out.dtype == dtype and out.shape == (N,)
+    check_close(out, ref, atol=TOL[dtype], what=f"min_cosine_distance N={N} D={D} G={len(sizes)} {dtype}")
+
+
+def test_exact_match_and_zero_query():
+    q, r, g, off = make(6, 32, [3, 3])
+    q[0] = 3.0 * r[off[g[0]]]  # a scaled copy of one of its references: distance 0
+    q[1] = 0.0                 # zero query: normalized to 0 (eps), cosine 0, distance 1
+    out = op(q, r, g, off)
+    assert abs(out[0].item()) < 1e-12
+    assert out[1].item() == pytest.approx(1.0, abs=1e-15)
+    assert ((out >= -1e-12) & (out <= 2 + 1e-12)).all()
+
+
+def test_public_wrapper_dispatches_to_native():
+    q, r, g, off = make(20, 16, [2, 5], dtype=torch.float32)
+    assert _backend.use_native("min_cosine_distance", "cpu")
+    torch.testing.assert_close(ops.min_cosine_distance(q, r, g, off), op(q, r, g, off), rtol=0, atol=0)
+
+
+def test_opcheck():
+    torch.library.opcheck(op, make(40, 24, [3, 5, 1], dtype=torch.float32))
+    torch.library.opcheck(op, make(0, 8, [2], dtype=torch.float64))
+
+
+def _args(**change):
+    q, r, g, off = make(10, 8, [2, 3], dtype=torch.float32)
+    args = dict(queries=q, refs=r, query_group=g, ref_offsets=off)
+    args.update({k: v(args) for k, v in change.items()})
+    return args
+
+
+@pytest.mark.parametrize("change,argument", [
+    (dict(queries=lambda a: a["queries"].half(), refs=lambda a: a["refs"].half()), "queries"),
+    (dict(refs=lambda a: a["refs"].double()), "refs"),
+    (dict(queries=lambda a: a["queries"][:, 0].contiguous()), "queries"),
+    (dict(refs=lambda a: torch.randn(5, 7)), "refs"),
+    (dict(queries=lambda a: torch.randn(8, 10).t()), "queries"),          # not contiguous
+    (dict(query_group=lambda a: a["query_group"].int()), "query_group"),
+    (dict(query_group=lambda a: a["query_group"][:9]), "query_group"),
+    (dict(query_group=lambda a: a["query_group"] + 2), "query_group"),   # out of range
+    (dict(query_group=lambda a: a["query_group"] - 1), "query_group"),   # negative
+    (dict(ref_offsets=lambda a: torch.tensor([0, 2, 2, 5])), "ref_offsets"),  # empty group
+    (dict(ref_offsets=lambda a: torch.tensor([0, 2, 4])), "ref_offsets"),     # does not end at M
+    (dict(ref_offsets=lambda a: torch.tensor([1, 2, 5])), "ref_offsets"),     # does not start at 0
+    (dict(ref_offsets=lambda a: torch.tensor([0])), "ref_offsets"),           # no group
+    (dict(ref_offsets=lambda a: torch.tensor([0, 2, 5]).int()), "ref_offsets"),
+])
+def test_bad_input_names_op_and_argument(change, argument):
+    with pytest.raises(ValueError, match=rf"^fastasd::min_cosine_distance: {argument} "):
+        ops.min_cosine_distance(**_args(**change))
+
+
+def test_backend_switch(monkeypatch):
+    calls = []
+    real = reference.min_cosine_distance
+
+    def spy(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(reference, "min_cosine_distance", spy)
+    args = make(10, 8, [2, 3], dtype=torch.float32)
+    monkeypatch.setenv("FASTASD_BACKEND", "native")
+    native = ops.min_cosine_distance(*args)
+    assert calls == []
+    monkeypatch.setenv("FASTASD_BACKEND", "reference")
+    torch.testing.assert_close(ops.min_cosine_distance(*args), native, rtol=0, atol=1e-6)
+    assert len(calls) == 1
+
+
+# --- CUDA (skipped without a GPU; FASTASD_REQUIRE_CUDA=1 turns the skips into failures) --------
+
+CUDA_SHAPES = SHAPES + [
+    (5000, 256, [16 + 10] * 42),  # the paper's search
+    (300, 6, [40, 1, 90]),        # groups over several 32-row chunks; D=6 takes the scalar path
+    (3000, 2048, [5, 7]),         # wide rows: fewer references per shared-memory chunk
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("N,D,sizes", CUDA_SHAPES)
+def test_cuda_matches_reference(N, D, sizes, dtype, cuda_device, check_close):
+    q, r, g, off = make(N, D, sizes)
+    ref = reference.min_cosine_distance(q, r, g, off)
+    out = op(q.to(cuda_device, dtype), r.to(cuda_device, dtype), g.to(cuda_device), off.to(cuda_device))
+    assert out.device == cuda_device and out.dtype == dtype
+    check_close(out, ref, atol=TOL[dtype] * (10 if D > 1024 else 1),
+                what=f"cuda min_cosine_distance N={N} D={D} G={len(sizes)} {dtype}")
+
+
+@pytest.mark.cuda
+def test_cuda_misaligned_rows(cuda_device, check_close):
+    # Queries starting 4 bytes into an allocation cannot use 16-byte loads.
+    q, r, g, off = make(65, 16, [3, 4])
+    qd = torch.randn(65 * 16 + 1, device=cuda_device)[1:].view(65, 16)
+    qd.copy_(q.to(cuda_device, torch.float32))
+    check_close(op(qd, r.float().to(cuda_device), g.to(cuda_device), off.to(cuda_device)),
+                reference.min_cosine_distance(q, r, g, off), atol=1e-5, what="misaligned")
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck_and_errors(cuda_device):
+    args = [t.to(cuda_device) for t in make(40, 24, [3, 5, 1], dtype=torch.float32)]
+    torch.library.opcheck(op, tuple(args))
+    q, r, g, off = args
+    with pytest.raises(ValueError, match=r"^fastasd::min_cosine_distance: ref_offsets "):
+        op(q, r, g, torch.tensor([0, 3, 3, 9], device=cuda_device))
+    with pytest.raises(ValueError, match=r"^fastasd::min_cosine_distance: query_group "):
+        op(q, r, g + 3, off)
+    with pytest.raises(ValueError, match=r"^fastasd::min_cosine_distance: ref_offsets "):
+        op(q, r, g, off.cpu())  # index tensors must be on the device of the queries
+    assert op(q[:0], r, g[:0], off).shape == (0,)
