@@ -67,9 +67,10 @@ class SubclusterAdaCos(nn.Module):
         Computed in float32 (autocast disabled).
         """
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            emb = embeddings.float()
-            centers = self.centers.float()
-            t = targets.float()
+            # The native operator takes contiguous float32 tensors only.
+            emb = embeddings.float().contiguous()
+            centers = self.centers.float().contiguous()
+            t = targets.float().contiguous()
             K = self.n_subclusters
             if self.training and self.angle_mode == "nearest":
                 cos = reference.adacos_cosines(emb.detach(), centers.detach())

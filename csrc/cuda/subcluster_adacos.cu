@@ -383,6 +383,7 @@ row_pass_kernel(const T* __restrict__ cosines, const T* __restrict__ targets, in
                 T* __restrict__ row_val1 /* STATS: theta */, T* __restrict__ out /* STATS: scale, else: loss */,
                 T* __restrict__ s_out, int* __restrict__ counter) {
   __shared__ T red_a[32], red_b[32];
+  __shared__ double red_d[32];
   __shared__ bool is_last;
   const int64_t b = blockIdx.x;
   const T* row = cosines + b * C * K;
@@ -392,7 +393,7 @@ row_pass_kernel(const T* __restrict__ cosines, const T* __restrict__ targets, in
   const T lo = T(-1.0 + kAngleEps), hi = T(1.0 - kAngleEps);
 
   T run_m = neg_inf<T>(), run_s = T(0);  // log-sum-exp over this thread's classes (group leaders)
-  T acc0 = T(0), acc1 = T(0);            // STATS: sum t*angles, #mixed; else: sum t*lse_c, sum t
+  double acc0 = 0.0, acc1 = 0.0;         // STATS: sum t*angles, #mixed; else: sum t*lse_c, sum t
   for (int64_t base = 0; base < C; base += ngroups) {  // uniform trip count: shuffles stay converged
     const int64_t c = base + gid;
     const bool valid = c < C;
@@ -415,26 +416,26 @@ row_pass_kernel(const T* __restrict__ cosines, const T* __restrict__ targets, in
       const T lse_c = m + dlog(sum);
       lse_merge(run_m, run_s, lse_c, T(1));
       if (STATS) {
-        acc0 += t * ang;
-        acc1 += t != T(0) ? T(1) : T(0);
+        acc0 += double(t) * double(ang);
+        acc1 += t != T(0) ? 1.0 : 0.0;
       } else {
         lse_class[b * C + c] = lse_c;
-        acc0 += t * lse_c;
-        acc1 += t;
+        acc0 += double(t) * double(lse_c);
+        acc1 += double(t);
       }
     }
   }
   block_lse(run_m, run_s, red_a, red_b);
   const T lt = run_m + dlog(run_s);
-  acc0 = block_sum(acc0, red_a);
-  acc1 = block_sum(acc1, red_a);
+  acc0 = block_sum(acc0, red_d);
+  acc1 = block_sum(acc1, red_d);
   if (threadIdx.x == 0) {
     if (STATS) {
       row_val0[b] = lt;
-      row_val1[b] = acc0 * acc1;
+      row_val1[b] = T(acc0 * acc1);
     } else {
       lse_total[b] = lt;
-      row_val0[b] = acc0 - acc1 * lt;
+      row_val0[b] = T(acc0 - acc1 * double(lt));
     }
     __threadfence();  // publish this row before taking a ticket
     is_last = atomicAdd(counter, 1) == int(gridDim.x) - 1;
@@ -456,7 +457,6 @@ row_pass_kernel(const T* __restrict__ cosines, const T* __restrict__ targets, in
   } else {
     double total = 0.0;
     for (int64_t i = threadIdx.x; i < B; i += blockDim.x) total += double(__ldcg(row_val0 + i));
-    __shared__ double red_d[32];
     total = block_sum(total, red_d);
     if (threadIdx.x == 0) {
       out[0] = T(-total / double(B));

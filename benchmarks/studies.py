@@ -1,0 +1,369 @@
+"""Training studies on synthetic data: score vs optimizer steps, and the paper's Table 7.
+
+Two studies (deterministic for a given command line, on one machine and build):
+
+``steps``: the official DCASE score (and the paper's mixed AUC/pAUC) of ONE training run,
+evaluated after given numbers of optimizer steps (the model is put in eval mode, the training
+clips are embedded, the backend is fitted and the test clips are scored; the training itself is
+not disturbed: an evaluation consumes no training randomness). Several variants (config
+overrides, e.g. BatchNorm momentum) can be compared on the same data::
+
+    python benchmarks/studies.py steps --steps 25,50,100,200,400 \
+        --variant paper-bn:bn_momentum=0.01 --variant bn0.1:bn_momentum=0.1
+
+``table7``: the paper's Table 7 (standard vs presented design choices) on a larger synthetic set
+with the same step budget for both: "presented" = the paper's choices (linear spectrogram, fixed
+centers, no bias, cosine backend), "standard" = ``Config.preset("standard")``'s choices (log-mel
+spectrogram, trainable centers, bias terms, GMM backend); everything else (clip length, batch
+size, ...) from the base preset (default ``demo``)::
+
+    python benchmarks/studies.py table7 --steps 400 --seeds 0,1
+
+Results: ``benchmarks/results/<study>_<tag>.json`` and ``.md`` (``--tag``, default ``cpu``), and
+the markdown table on stdout. The simple baseline's (``fastasd.baseline``) official score on the
+same data is reported beside the model's when that module is available.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fastasd._io import atomic_write_json, atomic_write_text  # noqa: E402
+from fastasd.config import PRESETS, Config  # noqa: E402
+
+logger = logging.getLogger("studies")
+
+PAPER_ROWS = (("source", "auc_source", "pauc_source"), ("target", "auc_target", "pauc_target"),
+              ("mixed", "auc_mixed", "pauc_mixed"))
+
+
+# --------------------------------------------------------------------------- data
+def synth_sizes(args) -> dict:
+    return {"machine_types": args.machine_types.split(","), "sections": args.sections,
+            "n_train_source": args.train_source, "n_train_target": args.train_target,
+            "n_test": args.test, "clip_seconds": args.clip_seconds}
+
+
+def ensure_data(data_dir: Path, seed: int, sizes: dict) -> Path:
+    """Generate the synthetic set unless ``data_dir`` already holds exactly this one."""
+    from fastasd.data.synth import INFO_FILE, generate
+
+    info_file = data_dir / INFO_FILE
+    if info_file.exists():
+        info = json.loads(info_file.read_text())
+        same = (info.get("status") == "complete" and info.get("seed") == seed
+                and info.get("machine_types") == sizes["machine_types"]
+                and info.get("sections") == [f"{s:02d}" for s in range(sizes["sections"])]
+                and all(info.get(k) == sizes[k] for k in ("n_train_source", "n_train_target", "n_test"))
+                and float(info.get("clip_seconds")) == float(sizes["clip_seconds"]))
+        if same:
+            return data_dir
+    t = time.perf_counter()
+    generate(data_dir, seed=seed, **sizes)
+    logger.info("synthesized %s in %.0f s", data_dir, time.perf_counter() - t)
+    return data_dir
+
+
+def load_split(root: Path, split: str, config: Config):
+    """(clips, waveforms float32 [n, N]) of one split, all in memory."""
+    from fastasd.data.dataset import iter_audio_batches
+    from fastasd.data.layout import discover
+
+    clips = discover(root, splits=(split,))
+    waves = np.zeros((len(clips), config.num_samples), dtype=np.float32)
+    for idx, x in iter_audio_batches(clips, 256, config.num_samples, sample_rate=config.sample_rate):
+        waves[idx] = x
+    return clips, waves
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.inference_mode()
+def embed(model, waves: np.ndarray, batch: int = 64) -> np.ndarray:
+    model.eval()
+    dev = next(model.parameters()).device
+    out = [model(torch.from_numpy(waves[i:i + batch]).to(dev)).float().cpu().numpy()
+           for i in range(0, len(waves), batch)]
+    return np.concatenate(out, axis=0)
+
+
+def evaluate_model(model, config: Config, data) -> dict:
+    """Fit the backend on the training embeddings, score the test clips, evaluate."""
+    from fastasd.backend import make_backend
+    from fastasd.metrics import evaluate_records
+
+    (train_clips, train_waves), (test_clips, test_waves) = data
+    n = config.num_samples  # a variant may use shorter clips than the data: crop as the loader does
+    train_waves, test_waves = train_waves[:, :n], test_waves[:, :n]
+    t = time.perf_counter()
+    tr = embed(model, train_waves)
+    te = embed(model, test_waves)
+    keys = [f"{c.machine_type}/{c.section}" for c in train_clips]
+    doms = ["target" if c.domain == "target" else "source" for c in train_clips]
+    backend = make_backend(config).fit(tr, keys, doms)
+    scores = backend.score_samples(te, [f"{c.machine_type}/{c.section}" for c in test_clips])
+    records = [{"file_name": c.file_name, "machine_type": c.machine_type, "section": c.section,
+                "domain": c.domain, "label": c.label, "score": float(s)}
+               for c, s in zip(test_clips, scores)]
+    ev = evaluate_records(records)
+    return {"official_score": ev.official_score, "official": dict(ev.official),
+            "paper": dict(ev.paper), "eval_seconds": time.perf_counter() - t}
+
+
+def baseline_score(root: Path) -> dict | None:
+    """The simple baseline's figures on ``root`` (None if fastasd.baseline is missing)."""
+    try:
+        from fastasd import baseline
+    except ImportError:
+        return None
+    from fastasd.metrics import evaluate_records
+
+    ev = evaluate_records(baseline.baseline_scores(root))
+    return {"official_score": ev.official_score, "official": dict(ev.official), "paper": dict(ev.paper)}
+
+
+def train_with_evals(config: Config, train_clips, data, eval_steps: list[int], member: int = 0) -> list[dict]:
+    """One training run of ``max(eval_steps)`` steps, evaluated after each of ``eval_steps``."""
+    from fastasd.train import train_model
+
+    eval_steps = sorted(set(eval_steps))
+    results: list[dict] = []
+    t0 = time.perf_counter()
+    train_time = [0.0]
+    last = [t0]
+
+    def on_step(step, model, loss_module):
+        if step in eval_steps:
+            train_time[0] += time.perf_counter() - last[0]
+            r = evaluate_model(model, config, data)
+            r.update(step=step, epoch=step / math.ceil(len(train_clips) / config.batch_size),
+                     scale=float(loss_module.scale), train_seconds=train_time[0])
+            results.append(r)
+            logger.info("step %d: official %.2f %%, mixed AUC %.2f %%, pAUC %.2f %% (train %.0f s)",
+                        step, 100 * r["official_score"], 100 * r["paper"]["auc_mixed"],
+                        100 * r["paper"]["pauc_mixed"], train_time[0])
+            last[0] = time.perf_counter()
+
+    # enough epochs for max(eval_steps) steps; max_steps stops there
+    steps_per_epoch = math.ceil(len(train_clips) / config.batch_size)
+    cfg = config.replace(epochs=max(1, math.ceil(max(eval_steps) / steps_per_epoch)))
+    train_model(train_clips, cfg, progress=False, member=member, max_steps=max(eval_steps),
+                step_callback=on_step)
+    return results
+
+
+def environment() -> dict:
+    import fastasd
+    from fastasd import ops
+
+    return {"fastasd": fastasd.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
+            "os_cpus": os.cpu_count(), "device": "cpu",
+            "ops": f"{ops.stft_magnitude.__module__}.stft_magnitude",
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``name:k=v,k=v`` -> (name, overrides) parsed with Config.parse_value."""
+    name, _, rest = text.partition(":")
+    overrides = {}
+    for item in filter(None, rest.split(",")):
+        k, _, v = item.partition("=")
+        overrides[k.strip()] = Config.parse_value(k.strip(), v)
+    return name, overrides
+
+
+def pct(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+
+
+# --------------------------------------------------------------------------- studies
+def run_steps(args) -> dict:
+    base = Config.preset(args.preset).replace(**(parse_variant("x:" + args.set)[1] if args.set else {}))
+    sizes = synth_sizes(args)
+    base = base.replace(clip_seconds=sizes["clip_seconds"], seed=args.seed)
+    root = ensure_data(Path(args.data), args.data_seed, sizes)
+    train_clips, train_waves = load_split(root, "train", base)
+    data = ((train_clips, train_waves), load_split(root, "test", base))
+    steps = [int(s) for s in args.steps.split(",")]
+    variants = [parse_variant(v) for v in (args.variant or ["preset:"])]
+    out = {"study": "steps", "preset": args.preset, "command": " ".join(sys.argv), "environment": environment(),
+           "synth": {**sizes, "seed": args.data_seed, "n_train_clips": len(train_clips), "n_test_clips": len(data[1][0])},
+           "base_config": base.to_dict(), "steps": steps, "variants": {}, "baseline": baseline_score(root)}
+    for name, overrides in variants:
+        cfg = base.replace(**overrides)
+        logger.info("variant %s: %s", name, overrides)
+        t = time.perf_counter()
+        res = train_with_evals(cfg, train_clips, data, steps)
+        out["variants"][name] = {"overrides": overrides, "results": res, "seconds": time.perf_counter() - t}
+    out["markdown"] = steps_markdown(out)
+    return out
+
+
+def steps_markdown(out: dict) -> str:
+    names = list(out["variants"])
+    s = out["synth"]
+    cfg = out["base_config"]
+    lines = [f"Official DCASE score (%) vs optimizer steps; synthetic set: {', '.join(s['machine_types'])}, "
+             f"{s['sections']} sections, {s['n_train_source']}+{s['n_train_target']} training clips per "
+             f"section (source+target), {s['n_test']} test clips per section, {s['clip_seconds']:g} s clips "
+             f"({s['n_train_clips']} training / {s['n_test_clips']} test clips in all); batch {cfg['batch_size']}, "
+             f"lr {cfg['learning_rate']:g}, base preset `{out['preset']}`; "
+             f"one run per variant, seed {cfg['seed']}; CPU ({out['environment']['cpu_threads']} threads).",
+             "",
+             "| steps | epochs | " + " | ".join(f"{n}: official / mixed AUC / mixed pAUC" for n in names) + " |",
+             "|---:|---:|" + "---|" * len(names)]
+    first = out["variants"][names[0]]["results"]
+    for i, r0 in enumerate(first):
+        cells = []
+        for n in names:
+            r = out["variants"][n]["results"][i]
+            cells.append(f"{pct(r['official_score'])} / {pct(r['paper']['auc_mixed'])} / {pct(r['paper']['pauc_mixed'])}")
+        lines.append(f"| {r0['step']} | {r0['epoch']:.1f} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for n in names:
+        v = out["variants"][n]
+        last = v["results"][-1]
+        lines.append(f"- `{n}` ({', '.join(f'{k}={val}' for k, val in v['overrides'].items()) or 'preset'}): "
+                     f"{last['train_seconds']:.0f} s of training for {last['step']} steps "
+                     f"({last['train_seconds'] / last['step']:.2f} s/step), {v['seconds']:.0f} s with evaluations.")
+    b = out.get("baseline")
+    if b:
+        lines.append(f"- simple baseline (mean log-spectrum nearest neighbour) on the same data: official "
+                     f"{pct(b['official_score'])} %, mixed AUC {pct(b['paper']['auc_mixed'])} %, "
+                     f"mixed pAUC {pct(b['paper']['pauc_mixed'])} %.")
+    return "\n".join(lines) + "\n"
+
+
+def run_table7(args) -> dict:
+    base = Config.preset(args.preset).replace(**(parse_variant("x:" + args.set)[1] if args.set else {}))
+    sizes = synth_sizes(args)
+    base = base.replace(clip_seconds=sizes["clip_seconds"])
+    root = ensure_data(Path(args.data), args.data_seed, sizes)
+    train_clips, train_waves = load_split(root, "train", base)
+    data = ((train_clips, train_waves), load_split(root, "test", base))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    designs = {"standard": dict(PRESETS["standard"]), "presented": {}}
+    out = {"study": "table7", "preset": args.preset, "command": " ".join(sys.argv), "environment": environment(),
+           "synth": {**sizes, "seed": args.data_seed, "n_train_clips": len(train_clips), "n_test_clips": len(data[1][0])},
+           "base_config": base.to_dict(), "steps": args.steps, "seeds": seeds, "designs": {},
+           "baseline": baseline_score(root)}
+    for name, overrides in designs.items():
+        runs = []
+        for seed in seeds:
+            cfg = base.replace(seed=seed, **overrides)
+            logger.info("design %s, seed %d", name, seed)
+            t = time.perf_counter()
+            res = train_with_evals(cfg, train_clips, data, [args.steps])[-1]
+            res["seed"], res["seconds"] = seed, time.perf_counter() - t
+            runs.append(res)
+        out["designs"][name] = {"overrides": overrides, "runs": runs}
+    out["markdown"] = table7_markdown(out)
+    return out
+
+
+def _mean_std(values: list[float]) -> str:
+    v = 100 * np.asarray(values, dtype=np.float64)
+    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v.mean():.2f}"
+
+
+def table7_markdown(out: dict) -> str:
+    s = out["synth"]
+    cfg = out["base_config"]
+    d = out["designs"]
+    n = len(out["seeds"])
+    lines = [f"Table 7 on synthetic data: standard vs presented design choices, the same {out['steps']} "
+             f"optimizer steps each (batch {cfg['batch_size']}, {cfg['clip_seconds']:g} s clips); "
+             f"{', '.join(s['machine_types'])} x {s['sections']} sections, {s['n_train_source']}+"
+             f"{s['n_train_target']} training and {s['n_test']} test clips per section; "
+             f"harmonic means over {len(s['machine_types']) * s['sections']} sections, "
+             f"mean{' ± std' if n > 1 else ''} over {n} training run(s) (seeds {', '.join(map(str, out['seeds']))}).",
+             "",
+             "| domain | standard AUC (%) | standard pAUC (%) | presented AUC (%) | presented pAUC (%) |",
+             "|---|---:|---:|---:|---:|"]
+    for dom, ka, kp in PAPER_ROWS:
+        cells = []
+        for name in ("standard", "presented"):
+            runs = d[name]["runs"]
+            cells += [_mean_std([r["paper"][ka] for r in runs]), _mean_std([r["paper"][kp] for r in runs])]
+        lines.append(f"| {dom} | " + " | ".join(cells) + " |")
+    lines.append("| official score | " + _mean_std([r["official_score"] for r in d["standard"]["runs"]])
+                 + " | | " + _mean_std([r["official_score"] for r in d["presented"]["runs"]]) + " | |")
+    b = out.get("baseline")
+    lines.append("")
+    lines.append("standard = log-mel spectrogram (128 bins), trainable centers, bias terms, GMM backend "
+                 "(16 components, full covariance, +1e-3 diagonal); presented = linear magnitude "
+                 "spectrogram with temporal normalization, fixed random centers, no bias terms, cosine "
+                 "backend. Source/target/mixed = the paper's evaluation (that domain's clips only; mixed = "
+                 "all clips); official score = DCASE harmonic mean of AUC_source, AUC_target, pAUC.")
+    secs = {k: sum(r["seconds"] for r in v["runs"]) for k, v in d.items()}
+    lines.append(f"CPU time: standard {secs['standard']:.0f} s, presented {secs['presented']:.0f} s "
+                 f"({out['environment']['cpu_threads']} threads).")
+    if b:
+        lines.append(f"Simple baseline on the same data: official {pct(b['official_score'])} %, mixed AUC "
+                     f"{pct(b['paper']['auc_mixed'])} %, mixed pAUC {pct(b['paper']['pauc_mixed'])} %.")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("study", choices=("steps", "table7"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
+    p.add_argument("--tag", default="cpu", help="file name suffix (results/<study>_<tag>.json|md)")
+    p.add_argument("--data", default=None, help="synthetic data folder (generated if needed)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic set")
+    p.add_argument("--seed", type=int, default=0, help="training seed (steps study)")
+    p.add_argument("--seeds", default="0,1", help="training seeds (table7)")
+    p.add_argument("--preset", default="demo", help="base config preset (training settings)")
+    p.add_argument("--set", default="", help="extra config overrides k=v,k=v on the base preset")
+    p.add_argument("--steps", default=None, help="steps: comma list of evaluation steps; table7: one budget")
+    p.add_argument("--variant", action="append", help="steps study: name:k=v,k=v (repeatable)")
+    p.add_argument("--machine-types", default=None)
+    p.add_argument("--sections", type=int, default=None)
+    p.add_argument("--train-source", type=int, default=None)
+    p.add_argument("--train-target", type=int, default=None)
+    p.add_argument("--test", type=int, default=None)
+    p.add_argument("--clip-seconds", type=float, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.manual_seed(0)
+    if args.study == "steps":  # the demo's small set
+        defaults = dict(machine_types="fan,pump,gearbox,valve", sections=2, train_source=60,
+                        train_target=6, test=40, clip_seconds=2.0, steps="25,50,100,200,400")
+    else:  # a larger set
+        defaults = dict(machine_types="fan,pump,gearbox,valve,slider,ToyCar", sections=3,
+                        train_source=100, train_target=10, test=60, clip_seconds=2.0, steps="400")
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.study == "table7":
+        args.steps = int(args.steps)
+    if args.data is None:
+        args.data = f"/tmp/fastasd_studies/{args.study}_data_{args.data_seed}"
+    t = time.perf_counter()
+    out = run_steps(args) if args.study == "steps" else run_table7(args)
+    out["total_seconds"] = time.perf_counter() - t
+    res = Path(args.out)
+    stem = f"{'steps_curve' if args.study == 'steps' else 'table7'}_{args.tag}"
+    atomic_write_json(res / f"{stem}.json", out)
+    atomic_write_text(res / f"{stem}.md", out["markdown"])
+    print(out["markdown"])
+    print(f"wrote {res / stem}.json and .md ({out['total_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

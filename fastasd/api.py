@@ -1,0 +1,468 @@
+"""The user-facing API: train a detector, score clips, save and load.
+
+::
+
+    import fastasd
+    det = fastasd.train("dev_data", out_dir="model")     # paper configuration
+    records = det.score("dev_data")                        # one dict per test clip
+    det = fastasd.load("model")
+
+A :class:`Detector` is an ensemble of ``config.ensemble_size`` embedding networks (member ``i``
+trained with seed ``config.seed + i``), one fitted backend per member (per section: k-means means
+of the source training embeddings + every target training embedding, or a GMM), and one decision
+threshold per section. The anomaly score of a clip is the SUM of the members' scores (higher =
+more anomalous); its decision is 1 where the score exceeds the ``threshold_percentile``-th
+percentile of the summed scores of the section's own training clips.
+
+A saved model folder holds only JSON and safetensors files (nothing is ever unpickled)::
+
+    manifest.json                 format, versions, SHA-256 of every file below
+    config.json                   the Config
+    encoder.json                  the auxiliary classes (ClassEncoder)
+    thresholds.json               decision threshold per section ("machine_type/section")
+    model_<i>.safetensors         weights and BatchNorm statistics of member i
+    backend_<i>.safetensors/.json numeric state / metadata of member i's backend
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+import fastasd
+import fastasd.train as _train_module  # noqa: F401  (imported now: see the end of this file)
+from fastasd._io import atomic_write_bytes, atomic_write_json
+from fastasd.config import Config
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Detector", "train", "load", "score", "section_key"]
+
+MODEL_FORMAT = "fastasd.Detector"
+MODEL_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def section_key(machine_type: str, section: str) -> str:
+    """The backend's section key: ``"<machine_type>/<section>"`` (``/`` never occurs in a name)."""
+    return f"{machine_type}/{section}"
+
+
+def _as_config(config: Config | dict | str | None, overrides: dict) -> Config:
+    if config is None:
+        cfg = Config()
+    elif isinstance(config, Config):
+        cfg = config
+    elif isinstance(config, str):
+        cfg = Config.preset(config)
+    elif isinstance(config, dict):
+        cfg = Config.from_dict(config)
+    else:
+        raise TypeError(f"config must be a Config, a dict, a preset name or None, got {type(config).__name__}")
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def _backend_domain(domain: str) -> str:
+    # Layouts without domains (DCASE 2020) have only source-like data.
+    return "target" if domain == "target" else "source"
+
+
+class Detector:
+    """A trained anomalous sound detector (ensemble of embedding networks + backends).
+
+    Attributes:
+        config: the :class:`~fastasd.config.Config` it was trained with.
+        models: the ensemble members (:class:`fastasd.model.EmbeddingNet`, eval mode).
+        encoder: the :class:`~fastasd.data.labels.ClassEncoder` of the auxiliary task.
+        backends: one fitted backend per member (:mod:`fastasd.backend`).
+        thresholds: ``{"machine_type/section": threshold}`` for the summed score.
+        sample_rate, num_samples: what the networks take (Hz; samples per clip).
+        device: where the networks run.
+        known_sections: ``{(machine_type, section)}`` the backends were fitted on.
+        info: training metadata (clip counts, per-member history, seconds).
+    """
+
+    def __init__(self, config: Config, models: Sequence[torch.nn.Module], encoder, backends: Sequence,
+                 thresholds: dict[str, float], info: dict | None = None,
+                 device: str | torch.device | None = None):
+        if len(models) != len(backends) or not models:
+            raise ValueError(f"Detector: need one backend per model, got {len(models)} models and "
+                             f"{len(backends)} backends")
+        self.config = config
+        self.models = list(models)
+        self.encoder = encoder
+        self.backends = list(backends)
+        self.thresholds = {str(k): float(v) for k, v in thresholds.items()}
+        self.info = dict(info or {})
+        self.sample_rate = int(config.sample_rate)
+        self.num_samples = int(config.num_samples)
+        keys = [str(k) for k in self.backends[0].sections_]
+        for b in self.backends[1:]:
+            if [str(k) for k in b.sections_] != keys:
+                raise ValueError("Detector: the members' backends were fitted on different sections")
+        missing = sorted(set(keys) - set(self.thresholds))
+        if missing:
+            raise ValueError(f"Detector: no threshold for section(s) {missing}")
+        self.known_sections = {tuple(k.split("/", 1)) for k in keys}
+        self.device = torch.device("cpu")
+        for m in self.models:
+            m.eval()
+        self.to(_default_device() if device is None else device)
+
+    # ------------------------------------------------------------------ basics
+    def __repr__(self) -> str:
+        return (f"Detector({len(self.models)} model(s), {len(self.encoder)} classes, "
+                f"{len(self.known_sections)} sections, {self.config.clip_seconds:g} s clips, "
+                f"backend={self.config.backend}, device={self.device})")
+
+    def to(self, device: str | torch.device) -> "Detector":
+        """Move the networks to ``device`` (returns self)."""
+        from fastasd.train import resolve_device
+
+        self.device = resolve_device(device)
+        for m in self.models:
+            m.to(self.device)
+        return self
+
+    @property
+    def ensemble_size(self) -> int:
+        """Number of ensemble members."""
+        return len(self.models)
+
+    # ------------------------------------------------------------------ waveforms
+    def _prepare(self, waveforms) -> torch.Tensor:
+        x = torch.as_tensor(waveforms)
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        if x.dim() != 2:
+            raise ValueError(f"waveforms must be [B, N], got shape {tuple(x.shape)}")
+        n = self.num_samples
+        if x.shape[1] != n:  # as the audio loader: crop at the end / zero-pad at the end
+            x = x[:, :n] if x.shape[1] > n else torch.nn.functional.pad(x, (0, n - x.shape[1]))
+        return x.to(self.device, dtype=torch.float32, non_blocking=True)
+
+    @torch.inference_mode()
+    def embed_waveforms(self, waveforms: torch.Tensor, *, member: int = 0, bf16: bool = False) -> torch.Tensor:
+        """Embeddings ``[B, D]`` (float32, CPU) of waveforms ``[B, N]`` by ensemble member
+        ``member`` (eval mode). ``N`` should be ``num_samples``; others are cropped/zero-padded at
+        the end. ``bf16``: bfloat16 autocast (the frontend stays float32)."""
+        x = self._prepare(waveforms)
+        model = self.models[member]
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            emb = model(x)
+        return emb.float().cpu()
+
+    def _keys(self, machine_types: Sequence[str], sections: Sequence[str]) -> list[str]:
+        if len(machine_types) != len(sections):
+            raise ValueError(f"machine_types has {len(machine_types)} entries, sections {len(sections)}")
+        keys = [section_key(m, s) for m, s in zip(machine_types, sections)]
+        unknown = sorted({k for k in keys if k not in self.thresholds})
+        if unknown:
+            raise KeyError(f"unknown section(s) {unknown}: this detector was trained on "
+                           f"{sorted(self.thresholds)}")
+        return keys
+
+    @torch.inference_mode()
+    def score_waveforms(self, waveforms: torch.Tensor, machine_types: Sequence[str],
+                        sections: Sequence[str], *, bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Anomaly scores and decisions of a batch of clips.
+
+        Args:
+            waveforms: ``[B, N]`` float (any device), mono at ``sample_rate``.
+            machine_types, sections: per clip (sections as in the names, e.g. ``"00"``).
+            bf16: bfloat16 autocast for the networks.
+
+        Returns:
+            ``(scores float64 [B], decisions int64 [B])``: the sum of the members' scores (higher
+            = more anomalous) and 1 where it exceeds the section's threshold.
+
+        Raises:
+            KeyError: naming any (machine type, section) the detector was not trained on.
+        """
+        keys = self._keys(machine_types, sections)
+        x = self._prepare(waveforms)
+        if x.shape[0] != len(keys):
+            raise ValueError(f"waveforms has {x.shape[0]} rows but {len(keys)} sections were given")
+        total = np.zeros(len(keys), dtype=np.float64)
+        for i, backend in enumerate(self.backends):
+            emb = self.embed_waveforms(x, member=i, bf16=bf16)
+            total += backend.score_samples(emb.numpy(), keys)
+        thr = np.array([self.thresholds[k] for k in keys], dtype=np.float64)
+        return total, (total > thr).astype(np.int64)
+
+    # ------------------------------------------------------------------ files
+    def score(self, inputs, **kwargs) -> list[dict]:
+        """Score audio files, folders or DCASE roots (the test clips of a root).
+
+        Delegates to :func:`fastasd.score.score_inputs` (see there for the keyword arguments:
+        ``out_dir``, ``batch_size``, ``submission``, ``ground_truth`` ...). Returns one dict per
+        clip: ``file``, ``file_name``, ``machine_type``, ``section``, ``domain`` and ``label``
+        (``"unknown"`` when not known), ``score``, ``decision``.
+        """
+        from fastasd.score import score_inputs
+
+        return score_inputs(self, inputs, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the detector to folder ``path`` (created if needed): JSON + safetensors only,
+        every file written atomically, the manifest (with SHA-256 of each file) last."""
+        from safetensors.numpy import save as np_save
+        from safetensors.torch import save as torch_save
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        files: dict[str, bytes] = {
+            "config.json": _json_bytes(self.config.to_dict()),
+            "encoder.json": _json_bytes(self.encoder.to_dict()),
+            "thresholds.json": _json_bytes(self.thresholds),
+        }
+        for i, (model, backend) in enumerate(zip(self.models, self.backends)):
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            files[f"model_{i}.safetensors"] = torch_save(state, metadata={"format": MODEL_FORMAT})
+            arrays, meta = backend.get_state()
+            files[f"backend_{i}.safetensors"] = np_save(
+                {k: np.ascontiguousarray(v) for k, v in arrays.items()})
+            files[f"backend_{i}.json"] = _json_bytes(meta)
+        for name, data in files.items():
+            atomic_write_bytes(out / name, data)
+        manifest = {
+            "format": MODEL_FORMAT,
+            "version": MODEL_VERSION,
+            "fastasd": fastasd.__version__,
+            "torch": torch.__version__,
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "ensemble_size": len(self.models),
+            "sample_rate": self.sample_rate,
+            "num_samples": self.num_samples,
+            "sections": sorted(self.thresholds),
+            "info": _jsonable(self.info),
+            "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+        }
+        atomic_write_json(out / MANIFEST, manifest)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "Detector":
+        """Read a detector written by :meth:`save` (safetensors and JSON only; no pickle).
+
+        Raises:
+            FileNotFoundError: naming the folder or the missing file.
+            ValueError: naming the file that is corrupt or does not match the manifest.
+        """
+        from safetensors.numpy import load as np_load
+        from safetensors.torch import load as torch_load
+
+        from fastasd.backend import backend_from_state
+        from fastasd.data.labels import ClassEncoder
+        from fastasd.model import EmbeddingNet
+
+        root = Path(path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: model folder not found")
+        mpath = root / MANIFEST
+        if not mpath.is_file():
+            raise FileNotFoundError(f"{mpath}: missing; {root} is not a saved fastasd model")
+        manifest = _read_json(mpath, _file_bytes(mpath))
+        if not isinstance(manifest, dict) or manifest.get("format") != MODEL_FORMAT:
+            raise ValueError(f"{mpath}: not a fastasd model manifest")
+        if int(manifest.get("version", 0)) > MODEL_VERSION:
+            raise ValueError(f"{mpath}: model format version {manifest['version']} is newer than this "
+                             f"fastasd ({MODEL_VERSION}); upgrade fastasd")
+        digests: dict[str, str] = manifest.get("files", {})
+        n = int(manifest.get("ensemble_size", 0))
+        needed = ["config.json", "encoder.json", "thresholds.json"] + [
+            f"{p}_{i}.{e}" for i in range(n) for p, e in (("model", "safetensors"),
+                                                          ("backend", "safetensors"), ("backend", "json"))]
+
+        def read(name: str) -> bytes:
+            f = root / name
+            if name not in digests:
+                raise ValueError(f"{mpath}: lists no {name}")
+            if not f.is_file():
+                raise FileNotFoundError(f"{f}: missing from the saved model")
+            data = _file_bytes(f)
+            if hashlib.sha256(data).hexdigest() != digests[name]:
+                raise ValueError(f"{f}: corrupt (its SHA-256 does not match {MANIFEST})")
+            return data
+
+        blobs = {name: read(name) for name in needed}
+        try:
+            config = Config.from_dict(_read_json(root / "config.json", blobs["config.json"]))
+        except ValueError as e:
+            raise ValueError(f"{root / 'config.json'}: {e}") from e
+        try:
+            encoder = ClassEncoder.from_dict(_read_json(root / "encoder.json", blobs["encoder.json"]))
+        except ValueError as e:
+            raise ValueError(f"{root / 'encoder.json'}: {e}") from e
+        thresholds = _read_json(root / "thresholds.json", blobs["thresholds.json"])
+        models, backends = [], []
+        for i in range(n):
+            name = f"model_{i}.safetensors"
+            try:
+                state = torch_load(blobs[name])
+                model = EmbeddingNet(config)
+                model.load_state_dict(state, strict=True)
+            except Exception as e:
+                raise ValueError(f"{root / name}: cannot load the weights ({e})") from e
+            models.append(model)
+            name = f"backend_{i}.safetensors"
+            try:
+                arrays = np_load(blobs[name])
+                meta = _read_json(root / f"backend_{i}.json", blobs[f"backend_{i}.json"])
+                backends.append(backend_from_state(arrays, meta))
+            except Exception as e:
+                raise ValueError(f"{root / name}: cannot load the backend ({e})") from e
+        return cls(config, models, encoder, backends, thresholds, info=manifest.get("info"), device=device)
+
+
+# ---------------------------------------------------------------------- helpers
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _file_bytes(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _read_json(path: Path, data: bytes):
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def _embed_clips(detector_models: Sequence[torch.nn.Module], clips: Sequence, config: Config,
+                 device: torch.device, batch_size: int = 64, progress: bool | None = None,
+                 errors: list | None = None) -> tuple[list[int], list[np.ndarray]]:
+    """Embed clips with every model (audio read once): ``(kept clip indices, [member -> [n, D]])``."""
+    from fastasd.data.dataset import iter_audio_batches
+
+    kept: list[int] = []
+    parts: list[list[np.ndarray]] = [[] for _ in detector_models]
+    for m in detector_models:
+        m.eval()
+    with torch.inference_mode():
+        for idx, waves in iter_audio_batches(clips, batch_size, config.num_samples,
+                                             sample_rate=config.sample_rate, channel=config.channel,
+                                             errors=errors, progress=bool(progress)):
+            x = torch.from_numpy(waves).to(device)
+            for i, m in enumerate(detector_models):
+                parts[i].append(m(x).float().cpu().numpy())
+            kept.extend(idx)
+    dim = [getattr(m, "embedding_dim", 0) for m in detector_models]
+    return kept, [np.concatenate(p, axis=0) if p else np.zeros((0, d), np.float32)
+                  for p, d in zip(parts, dim)]
+
+
+def fit_detector(config: Config, models: Sequence[torch.nn.Module], encoder, train_clips: Sequence,
+                 device: torch.device | None = None, progress: bool | None = None,
+                 info: dict | None = None) -> Detector:
+    """Embed the training clips with every member (eval mode), fit one backend per member on
+    them (sections ``"machine_type/section"``, domains source/target) and set the per-section
+    thresholds on the summed training scores."""
+    from fastasd.backend import make_backend
+    from fastasd.train import resolve_device
+
+    dev = resolve_device(device, config)
+    errors: list = []
+    kept, embs = _embed_clips(models, train_clips, config, dev, progress=progress, errors=errors)
+    if not kept:
+        raise ValueError("fit_detector: none of the training clips could be read")
+    clips = [train_clips[i] for i in kept]
+    keys = [section_key(c.machine_type, c.section) for c in clips]
+    domains = [_backend_domain(c.domain) for c in clips]
+    backends, total = [], np.zeros(len(clips), dtype=np.float64)
+    for emb in embs:
+        b = make_backend(config).fit(emb, keys, domains)
+        backends.append(b)
+        total += b.score_samples(emb, keys)
+    keys_arr = np.asarray(keys)
+    thresholds = {k: float(np.percentile(total[keys_arr == k], config.threshold_percentile))
+                  for k in dict.fromkeys(keys)}
+    info = dict(info or {})
+    if errors:
+        info["unreadable_train_files"] = [p for p, _ in errors]
+    return Detector(config, models, encoder, backends, thresholds, info=info, device=dev)
+
+
+def train(data_root, out_dir: str | os.PathLike | None = None, config: Config | dict | str | None = None,
+          ground_truth=None, progress: bool | None = None, *, resume: bool = False,
+          device: str | torch.device | None = None, **overrides: Any) -> Detector:
+    """Train a detector on the training clips of one or more DCASE roots.
+
+    Args:
+        data_root: a DCASE root (``<root>/<machine_type>/train``), a machine-type folder, or a
+            list of roots (development + evaluation sets: all their training clips define the
+            auxiliary classes, as in the paper).
+        out_dir: if given, the detector is saved there (and per-epoch training checkpoints go to
+            ``out_dir/checkpoints``).
+        config: a :class:`Config`, a dict of fields, a preset name (``"paper"``, ``"standard"``,
+            ``"demo"``) or None (= the paper's configuration).
+        ground_truth: ground-truth folder(s) for :func:`fastasd.data.layout.discover`.
+        progress: progress bars (None: only on a terminal).
+        resume: continue interrupted trainings from ``out_dir/checkpoints``.
+        device: torch device (default ``config.device``).
+        **overrides: Config fields, e.g. ``epochs=20, ensemble_size=5``.
+
+    Returns:
+        the trained :class:`Detector` (ensemble of ``config.ensemble_size`` members).
+    """
+    from fastasd.data.layout import discover
+    from fastasd.train import resolve_device, train_model
+
+    cfg = _as_config(config, overrides)
+    dev = resolve_device(device, cfg)
+    t0 = time.perf_counter()
+    clips = discover(data_root, ground_truth=ground_truth, splits=("train",))
+    models, histories, encoder = [], [], None
+    for member in range(cfg.ensemble_size):
+        model, _loss, enc, history = train_model(clips, cfg, out_dir=out_dir, resume=resume,
+                                                 progress=progress, device=dev, member=member)
+        if encoder is not None and enc.classes_ != encoder.classes_:  # cannot happen: same clips
+            raise RuntimeError("train: ensemble members disagree on the classes")
+        encoder = enc
+        models.append(model)
+        histories.append(history)
+    info = {"n_train_clips": len(clips), "n_classes": len(encoder), "history": histories,
+            "train_seconds": None}
+    det = fit_detector(cfg, models, encoder, clips, device=dev, progress=progress, info=info)
+    det.info["train_seconds"] = time.perf_counter() - t0
+    if out_dir is not None:
+        det.save(out_dir)
+        logger.info("saved the detector to %s", out_dir)
+    return det
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None) -> Detector:
+    """Load a detector saved by :meth:`Detector.save` (or ``fastasd train --out``)."""
+    return Detector.load(path, device=device)
+
+
+def score(model: Detector | str | os.PathLike, inputs, **kwargs) -> list[dict]:
+    """Score ``inputs`` (files, folders, DCASE roots) with a :class:`Detector` or a saved model
+    folder; see :meth:`Detector.score`."""
+    det = model if isinstance(model, Detector) else load(model)
+    return det.score(inputs, **kwargs)
+
+
+# ``import fastasd.train`` (the training module) binds the package attribute ``fastasd.train`` to
+# that module, which would shadow the function ``fastasd.train(...)``. The module was imported
+# above, so rebinding here makes ``fastasd.train`` the function for good (the module stays
+# reachable as ``sys.modules["fastasd.train"]`` / ``from fastasd.train import ...``).
+fastasd.train = train
