@@ -44,8 +44,8 @@ def pipeline_policy(op: str, device: torch.device, quick: bool) -> Policy:
     if quick:
         return Policy(warmup=0, min_rounds=1, max_rounds=1, budget_s=0.0)
     cuda = device.type == "cuda"
-    rounds = {"train_step": 20 if cuda else 2, "train_epoch": 3 if cuda else 2,
-              "score_wav": 5 if cuda else 2}[op]
+    rounds = {"train_step": 20 if cuda else 3, "train_epoch": 3 if cuda else 2,
+              "score_wav": 5 if cuda else 3}[op]
     return Policy(warmup=2 if cuda and op == "train_step" else 0, min_rounds=rounds,
                   max_rounds=rounds, budget_s=0.0)
 

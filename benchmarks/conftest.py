@@ -62,6 +62,8 @@ def pytest_generate_tests(metafunc):
     """Parametrize ``case`` by the module's ``CASES`` (filtered by ``--sizes``) and ``provider`` by
     the module's ``providers(device)``."""
     cfg = metafunc.config
+    if not hasattr(metafunc.module, "CASES"):  # other scripts in benchmarks/ (e.g. bench_archive.py)
+        return
     if "case" in metafunc.fixturenames:
         cases = select(metafunc.module.CASES, _sizes(cfg))
         op = getattr(metafunc.function, "op", None)  # set by harness.for_op: one op per test
@@ -86,6 +88,11 @@ def pytest_collection_modifyitems(config, items):
                                   "op": case.op if case is not None else None,
                                   "tags": list(case.tags) if case is not None else [],
                                   "provider": params.get("provider"), "outcome": None, "reason": None}
+
+
+def pytest_deselected(items):
+    for item in items:  # -k / -m deselections are not part of the run
+        _OUTCOMES.pop(item.nodeid, None)
 
 
 def _reason(report) -> str:

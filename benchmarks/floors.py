@@ -179,6 +179,10 @@ def floor_entry(cost: Cost, ceilings: dict, median_s: float | None) -> dict:
     return out
 
 
+def _fmt_s(t: float) -> str:
+    return f"{t:.3g} s" if t >= 1 else f"{t * 1e3:.3g} ms" if t >= 1e-3 else f"{t * 1e6:.3g} us"
+
+
 def size_table(ceilings: dict[str, tuple[float, float]] | None = None) -> str:
     """Markdown table of bytes and FLOPs of every op at every benchmark size (for NOTES.md), with
     the floor time on each named machine ``{name: (GB/s, GFLOP/s)}``."""
@@ -195,7 +199,7 @@ def size_table(ceilings: dict[str, tuple[float, float]] | None = None) -> str:
                  f"{c.flops / c.bytes:.2f}"]
         for gbps, gflops in ceilings.values():
             t, bound = c.floor_s(gbps * 1e9, gflops * 1e9)
-            cells.append(f"{t * 1e6:,.1f} us ({bound[:3]})")
+            cells.append(f"{_fmt_s(t)} ({bound[:3]})")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -206,7 +210,11 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     # H100 SXM datasheet leads (HBM3 3.35 TB/s, FP32 67 TFLOP/s); measured ceilings replace them.
-    print(size_table({"H100 lead": (3350.0, 67000.0)}))
-    if "--measure" in sys.argv:
+    leads = {"H100 lead": (3350.0, 67000.0)}
+    if "--measure" in sys.argv:  # add this machine's measured ceilings as a column
         dev = "cuda" if "--cuda" in sys.argv else "cpu"
-        print(measure_ceilings(dev))
+        c = measure_ceilings(dev)
+        print(c)
+        leads[f"this {dev} ({c['memory_GBps']:.3g} GB/s, {c['matmul_GFLOPps']:.4g} GFLOP/s)"] = (
+            c["memory_GBps"], c["matmul_GFLOPps"])
+    print(size_table(leads))

@@ -187,7 +187,8 @@ class Runner:
         self.device = device
 
     def run(self, fn, sets: list[tuple], policy: Policy, *, prepare=None, first_call: bool = True,
-            compile_skip: bool = False, cuda_extras: bool = True, extra: dict | None = None):
+            compile_skip: bool = False, cuda_extras: bool = True, cuda_graph: bool = True,
+            extra: dict | None = None):
         """Time ``fn(*sets[i])`` (inputs rotating) and record extra info.
 
         Args:
@@ -198,7 +199,8 @@ class Runner:
             first_call: time one call first on its own (compilation, loading) as ``first_call_s``.
             compile_skip: an exception in the first call skips the case (a provider that
                 cannot compile) instead of failing it.
-            cuda_extras: on CUDA also measure GPU time with events and CUDA graphs.
+            cuda_extras: on CUDA also measure GPU time with CUDA events ...
+            cuda_graph: ... and with CUDA-graph replays (False for code that syncs with the host).
             extra: more extra_info.
         """
         dev, counter = self.device, itertools.count()
@@ -223,7 +225,8 @@ class Runner:
                 timed(*args)
             except Exception as e:
                 if compile_skip:
-                    pytest.skip(f"torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+                    msg = (str(e).splitlines() or [""])[0][:300]
+                    pytest.skip(f"torch.compile failed: {type(e).__name__}: {msg}")
                 raise
             info["first_call_s"] = time.perf_counter() - t0
         if policy.budget_s > 0:  # one more call to size the rounds by the budget
@@ -241,11 +244,11 @@ class Runner:
         info.update(rounds=rounds, warmup_rounds=policy.warmup, input_sets=len(sets),
                     device=str(dev), threads=torch.get_num_threads())
         if dev.type == "cuda" and cuda_extras:
-            info.update(_cuda_extras(fn, sets, prepare, dev, quick=policy.budget_s == 0))
+            info.update(_cuda_extras(fn, sets, prepare, dev, quick=policy.budget_s == 0, graph=cuda_graph))
         self.benchmark.extra_info.update(info)
 
 
-def _cuda_extras(fn, sets, prepare, dev, quick: bool) -> dict:
+def _cuda_extras(fn, sets, prepare, dev, quick: bool, graph: bool = True) -> dict:
     """GPU time of one call: median over CUDA-event pairs around each call, and per call from
     replays of a CUDA graph that holds one call per input set (launch gaps removed)."""
     out = {}
@@ -261,6 +264,9 @@ def _cuda_extras(fn, sets, prepare, dev, quick: bool) -> dict:
         ends[i].record()
     torch.cuda.synchronize(dev)
     out["gpu_event_median_s"] = statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / 1e3
+    if not graph:
+        out["cuda_graph_error"] = "not attempted: the provider synchronizes with the host"
+        return out
     k = min(len(sets), 16)
     try:
         side = torch.cuda.Stream(dev)

@@ -5,10 +5,13 @@ The one command (see README.md, "Benchmarks")::
     python benchmarks/run.py --device cpu --subset stft,loss,search,pipeline --sizes paper,target
 
 ``--subset``: any of ``stft`` (stft_magnitude), ``loss`` (subcluster_adacos), ``search``
-(min_cosine_distance), ``pipeline`` (training step, epoch, scoring from WAV files).
+(min_cosine_distance), ``pipeline`` (training step, epoch, scoring from WAV files), ``archive``
+(batch scoring from a zip vs the model's pure forward: ``bench_archive.py`` in a subprocess, 2,000
+10-s clips, or 64 with ``--quick``; it writes its own ``results/archive_<device>.json|md``).
 ``--sizes``: any of ``paper``, ``target``, ``large`` (large is opt-in: B=1024 10-s clips).
 ``--quick``: tiny rounds to check the harness; written as ``<device>-quick.json|md``.
-``-k EXPR``: pytest's selection (e.g. ``-k ours`` or ``-k "B=32"``).
+``-k EXPR``: pytest's selection (e.g. ``-k ours`` or ``-k "stft and 32"``; ``=`` is not allowed).
+``--device all``: cpu, then cuda when visible. ``--note TEXT``: a line on top of the .md.
 
 What it does: measures the machine's ceilings once (memory bandwidth from a large copy, float32
 matmul rate: ``floors.measure_ceilings``), runs pytest-benchmark on the chosen ``bench_*.py``
@@ -43,6 +46,7 @@ SUBSETS = {
     "loss": "bench_subcluster_adacos.py",
     "search": "bench_min_cosine_distance.py",
     "pipeline": "bench_pipeline.py",
+    "archive": "bench_archive.py",  # a standalone script, not pytest: run as a subprocess
 }
 SCHEMA = "fastasd.benchmarks/1"
 BASELINES = ("reference-eager", "reference-compiled", "matmul+max-compiled")
@@ -286,6 +290,8 @@ def _metric_str(metric: str, v) -> str:
 def render_md(res: dict) -> str:
     dev, ver, com, ceil = res["device"], res["versions"], res["commit"], res.get("ceilings")
     L = [f"# fastasd benchmarks: {dev['name']}", ""]
+    if res.get("note"):
+        L += [f"**Note: {res['note']}**", ""]
     if res["options"]["quick"]:
         L += ["**Quick run (`--quick`): tiny rounds to check the harness; the numbers mean nothing.**", ""]
     L += [f"- Device: {dev['description']}"
@@ -297,7 +303,9 @@ def render_md(res: dict) -> str:
           + (" (working tree dirty: uncommitted changes measured)" if com.get("dirty") else
              " (clean tree)" if com.get("dirty") is False else ""),
           f"- Date {res['date']}; wall time {res['wall_s']:.0f} s; command `{res['command']}`",
-          f"- Backend: {res['backend']}; native build: "
+          "- Backend switch: `ours` runs with FASTASD_BACKEND=native, the pipeline's `reference-eager` "
+          "with FASTASD_BACKEND=reference",
+          f"- At start: {res['backend']}; native build: "
           + (f"CPU {res['build']['with_cpu']}, CUDA {res['build']['with_cuda']}, sources "
              f"{', '.join(Path(s).name for s in res['build'].get('sources', []))}"
              if res.get("build") else "not built (no fastasd/_build_info.json)")]
@@ -307,7 +315,8 @@ def render_md(res: dict) -> str:
                  f"precision '{ceil['float32_matmul_precision']}')")
     L += ["", "Speedup columns: baseline median / this median (> 1 = faster than the baseline). "
           "x floor: time / floor, floor = max(bytes / memory ceiling, FLOPs / matmul ceiling) "
-          "(1.00x = at the floor; formulas in benchmarks/NOTES.md)"
+          "(1.00x = at the floor; below 1.00x the measured ceiling is too low, e.g. a busy machine; "
+          "formulas in benchmarks/NOTES.md)"
           + ("; on CUDA the floor and GB/s use the GPU time (graph replay if captured, else events)."
              if dev["type"] == "cuda" else "."), ""]
 
@@ -325,8 +334,12 @@ def render_md(res: dict) -> str:
             ops_order.append(r["op"])
     for op in ops_order:
         L += [f"## {op}", ""]
+        measured = [r for r in rows if r["op"] == op and "median_s" in r]
+        if not measured:
+            L += ["Nothing measured (see Skipped and failed).", ""]
+            continue
         pipeline = op in ("train_step", "train_epoch", "score_wav")
-        head = ["case", "provider", "median", "IQR", "rounds", "vs eager", "vs compiled"]
+        head = ["case", "provider", "median", "IQR", "rounds", "vs eager"] + ([] if pipeline else ["vs compiled"])
         if any(r["provider"] == "matmul+max-compiled" for r in rows if r["op"] == op):
             head.append("vs matmul+max")
         if cuda and not pipeline:
@@ -334,13 +347,12 @@ def render_md(res: dict) -> str:
         head += ["clips/s"] if pipeline else ["GB/s", "GFLOP/s", "x floor (bound)"]
         head.append("first call")
         L += ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|"]
-        for r in (r for r in rows if r["op"] == op):
-            if "median_s" not in r:
-                continue
+        for r in measured:
             sv = r.get("speedup_vs", {})
             cells = [r["case"].split("[", 1)[1].rstrip("]"), r["provider"], fmt_time(r["median_s"]),
-                     fmt_time(r["iqr_s"]), str(r["rounds"]), _x(sv.get("reference-eager")),
-                     _x(sv.get("reference-compiled"))]
+                     fmt_time(r["iqr_s"]), str(r["rounds"]), _x(sv.get("reference-eager"))]
+            if not pipeline:
+                cells.append(_x(sv.get("reference-compiled")))
             if "vs matmul+max" in head:
                 cells.append(_x(sv.get("matmul+max-compiled")))
             if cuda and not pipeline:
@@ -379,7 +391,8 @@ def render_md(res: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "all"),
+                   help="all: cpu, then cuda when a GPU is visible (one result file each)")
     p.add_argument("--subset", default=",".join(SUBSETS),
                    help=f"comma list of {', '.join(SUBSETS)} (default: all)")
     p.add_argument("--sizes", default="paper,target", help="comma list of paper, target, large")
@@ -389,6 +402,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before running")
     p.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to select cases")
     p.add_argument("--no-ceilings", action="store_true", help="skip measuring the machine ceilings")
+    p.add_argument("--note", default=None, help="a line for the top of the .md (e.g. the machine's state)")
     return p.parse_args(argv)
 
 
@@ -400,8 +414,31 @@ def main(argv=None) -> int:
         print(f"run.py: --subset: unknown {unknown or '(empty)'}; choose from {', '.join(SUBSETS)}",
               file=sys.stderr)
         return 2
-    import pytest
     import torch
+
+    if args.device == "all":  # one process per device: pytest runs once per process
+        rest, it = [], iter(sys.argv[1:] if argv is None else argv)
+        for a in it:  # drop "--device all" / "--device=all"
+            if a == "--device":
+                next(it, None)
+            elif not a.startswith("--device="):
+                rest.append(a)
+        codes = [subprocess.run([sys.executable, __file__, "--device", d, *rest]).returncode
+                 for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])]
+        return max(codes)
+    code_archive = 0
+    if "archive" in subset:  # the archive benchmark writes its own results file
+        cmd = [sys.executable, str(BENCH_DIR / SUBSETS["archive"]), "--device", args.device]
+        if args.quick:
+            cmd += ["--count", "64", "--tag", f"{args.device}-quick"]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        print(f"run.py: {' '.join(cmd)}", file=sys.stderr)
+        code_archive = subprocess.run(cmd).returncode
+        subset = [s for s in subset if s != "archive"]
+        if not subset:
+            return code_archive
+    import pytest
 
     from fastasd._io import atomic_write_json, atomic_write_text
     from floors import measure_ceilings
@@ -447,6 +484,7 @@ def main(argv=None) -> int:
         "command": " ".join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]),
         "options": {"device": args.device, "subset": subset, "sizes": args.sizes.split(","),
                     "quick": args.quick, "keyword": args.keyword, "threads": torch.get_num_threads()},
+        "note": args.note,
         "backend": backend_description(),
         "build": build_info(),
         "ceilings": ceilings,
@@ -463,7 +501,7 @@ def main(argv=None) -> int:
     print(f"run.py: {n_ok}/{len(rows)} cases ran; wrote {out / (name + '.json')} and "
           f"{out / (name + '.md')} ({res['wall_s']:.0f} s)", file=sys.stderr)
     # pytest exit 5 = nothing collected (e.g. -k matched nothing): an error for a benchmark run
-    return code if code != 5 else 1
+    return max(code if code != 5 else 1, code_archive)
 
 
 if __name__ == "__main__":
