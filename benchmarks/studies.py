@@ -8,7 +8,9 @@ clips are embedded, the backend is fitted and the test clips are scored; the tra
 not disturbed: an evaluation consumes no training randomness). Several variants (config
 overrides, e.g. BatchNorm momentum) can be compared on the same data::
 
-    python benchmarks/studies.py steps --steps 25,50,100,200,400 \
+    python benchmarks/studies.py steps                     # the demo's set, 50 ... 1000 steps
+    python benchmarks/studies.py steps --train-source 60 --train-target 6 --tag cpu-bn \
+        --steps 25,50,100,200,400,600,800 \
         --variant paper-bn:bn_momentum=0.01 --variant bn0.1:bn_momentum=0.1
 
 ``table7``: the paper's Table 7 (standard vs presented design choices) on a larger synthetic set
@@ -17,7 +19,7 @@ centers, no bias, cosine backend), "standard" = ``Config.preset("standard")``'s 
 spectrogram, trainable centers, bias terms, GMM backend); everything else (clip length, batch
 size, ...) from the base preset (default ``demo``)::
 
-    python benchmarks/studies.py table7 --steps 400 --seeds 0,1
+    python benchmarks/studies.py table7 --steps 300 --seeds 0,1
 
 Results: ``benchmarks/results/<study>_<tag>.json`` and ``.md`` (``--tag``, default ``cpu``), and
 the markdown table on stdout. The simple baseline's (``fastasd.baseline``) official score on the
@@ -340,9 +342,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.manual_seed(0)
-    if args.study == "steps":  # the demo's small set
-        defaults = dict(machine_types="fan,pump,gearbox,valve", sections=2, train_source=60,
-                        train_target=6, test=40, clip_seconds=2.0, steps="25,50,100,200,400")
+    if args.study == "steps":  # the demo's set (fastasd.demo.DEMO_SYNTH)
+        defaults = dict(machine_types="fan,pump,gearbox,valve", sections=2, train_source=200,
+                        train_target=10, test=40, clip_seconds=2.0, steps="50,100,250,500,1000")
     else:  # a larger set
         defaults = dict(machine_types="fan,pump,gearbox,valve,slider,ToyCar", sections=3,
                         train_source=100, train_target=10, test=60, clip_seconds=2.0, steps="400")

@@ -4,28 +4,33 @@
 //   out[i] = 1 - max_{j in group(i)} <q_i, r_j / max(|r_j|, eps)> / max(|q_i|, eps)
 //
 // (a positive scale of q_i commutes with the max, so each query is normalized once, after the
-// max). The references are normalized once; the queries are bucketed by group (counting sort)
-// and processed in register tiles of kQB queries x kRB references of one group, so every loaded
-// vector feeds several FMAs. Tiles run in parallel (at::parallel_for).
+// max). The references of each group are normalized once and stored transposed, [D, Rp], with
+// Rp = R rounded up to 64 bytes and zero padding. A register tile of Q queries of one group
+// broadcasts q[a][d] and FMAs it against reference row d, so each query's accumulators hold its
+// dot products with a chunk of references in lanes: no per-pair horizontal sum, one lane max
+// per query and chunk (padding lanes set to -inf first). Large groups loop over chunks of lanes.
+// The queries are bucketed by group (counting sort) and cut into tiles of <= kTile; tiles run in
+// parallel (at::parallel_for). The register tile shape follows the x86 ISA level (AVX-512,
+// AVX2+FMA, SSE2), picked at load time by function multiversioning.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
-#include <utility>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__NVCC__)
-// One copy of the hot loop per x86 ISA level, picked at load time (AVX-512, AVX2+FMA, SSE2).
-#define FASTASD_TARGET_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define FASTASD_X86_MULTIVERSION 1
+#define FASTASD_TARGET(isa) __attribute__((target(isa)))
 #else
-#define FASTASD_TARGET_CLONES
+#define FASTASD_TARGET(isa)
 #endif
 #define FASTASD_ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -33,137 +38,158 @@ namespace fastasd {
 namespace {
 
 constexpr double kNormEps = 1e-12;  // as torch.nn.functional.normalize
-constexpr int kQB = 4;              // queries per register tile
-constexpr int kRB = 4;              // references per register tile
+constexpr int kTile = 48;           // queries per parallel task (a multiple of every Q below)
+constexpr int kMaxQ = 12;           // the largest Q below
+constexpr int kPadBytes = 64;       // Rp * sizeof(T) is a multiple of this (widest vector)
 
-template <typename T>
-struct Vec64 {  // 64 bytes of T (GCC/Clang vector extension)
-  typedef T type __attribute__((vector_size(64)));
-  static constexpr int kLanes = 64 / sizeof(T);
+template <typename T, int VB>
+struct Vec {  // VB bytes of T, and of same-size integers (GCC/Clang vector extension)
+  using I = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  typedef T type __attribute__((vector_size(VB)));
+  typedef I itype __attribute__((vector_size(VB)));
+  static constexpr int kLanes = VB / sizeof(T);
 };
 
-#if defined(__has_builtin)
-#if __has_builtin(__builtin_shufflevector)
-#define FASTASD_HAVE_SHUFFLEVECTOR 1
-#endif
-#endif
-
-// Sum of the W lanes of v: a tree of halving adds where the compiler has lane shuffles.
-template <int W, typename T, typename V>
-FASTASD_ALWAYS_INLINE T hsum(V v) {
-#ifdef FASTASD_HAVE_SHUFFLEVECTOR
-  if constexpr (W == 1) {
-    return v[0];
-  } else {
-    auto halves = [&]<size_t... I>(std::index_sequence<I...>) {
-      return __builtin_shufflevector(v, v, I...) + __builtin_shufflevector(v, v, (W / 2 + I)...);
-    };
-    return hsum<W / 2, T>(halves(std::make_index_sequence<W / 2>{}));
+// Dot products of the Q queries q[a] (rows of D) with NV vectors of reference lanes starting
+// at rt (lane 0 of the chunk in a [D, Rp] block); lanes >= valid are padding. Folds the
+// lane-wise maxima into run[a]. Unless pf is null, prefetches the rows pf[0..Q) meanwhile, one
+// cache line per row and line of q (all at once would stall on the line fill buffers).
+template <typename T, int VB, int Q, int NV>
+FASTASD_ALWAYS_INLINE void chunk_max(const T* const* q, const T* const* pf, const T* rt,
+                                     int64_t Rp, int64_t D, int64_t valid,
+                                     typename Vec<T, VB>::type* run) {
+  using V = typename Vec<T, VB>::type;
+  using VI = typename Vec<T, VB>::itype;
+  using I = typename Vec<T, VB>::I;
+  constexpr int VL = Vec<T, VB>::kLanes;
+  V acc[Q][NV];
+  for (int a = 0; a < Q; ++a)
+    for (int v = 0; v < NV; ++v) acc[a][v] = V{};
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t d0 = 0; d0 < D; d0 += kLine) {
+    if (pf != nullptr)
+      for (int a = 0; a < Q; ++a) __builtin_prefetch(pf[a] + d0, 0, 3);
+    const int64_t d1 = std::min(D, d0 + kLine);
+    for (int64_t d = d0; d < d1; ++d) {
+      V rv[NV];
+      for (int v = 0; v < NV; ++v) std::memcpy(&rv[v], rt + d * Rp + v * VL, sizeof(V));
+      for (int a = 0; a < Q; ++a) {
+        const T s = q[a][d];
+        for (int v = 0; v < NV; ++v) acc[a][v] += s * rv[v];
+      }
+    }
   }
-#else
+  // Padding lanes hold 0 (or NaN for a non-finite query), never a valid maximum: -inf them.
+  const V ninf = V{} - std::numeric_limits<T>::infinity();
+  VI lane;
+  for (int l = 0; l < VL; ++l) lane[l] = l;
+  for (int v = 0; v < NV; ++v) {
+    if (valid - v * VL < VL) {
+      const VI keep = lane < (VI{} + static_cast<I>(valid - v * VL));
+      for (int a = 0; a < Q; ++a) acc[a][v] = keep ? acc[a][v] : ninf;
+    }
+  }
+  for (int a = 0; a < Q; ++a)
+    for (int v = 0; v < NV; ++v) run[a] = run[a] > acc[a][v] ? run[a] : acc[a][v];
+}
+
+template <typename T, int VB>
+FASTASD_ALWAYS_INLINE T squared_norm(const T* x, int64_t D) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int VL = Vec<T, VB>::kLanes;
+  V acc = V{};
+  int64_t d = 0;
+  for (; d + VL <= D; d += VL) {
+    V xv;
+    std::memcpy(&xv, x + d, sizeof(V));
+    acc += xv * xv;
+  }
   T s = T(0);
-  for (int l = 0; l < W; ++l) s += v[l];
+  for (int l = 0; l < VL; ++l) s += acc[l];
+  for (; d < D; ++d) s += x[d] * x[d];
   return s;
+}
+
+// The work of one task: queries rows[0..n) (all of one group) against the group's transposed
+// references rt ([D, Rp], R valid lanes). Writes each query's max dot product into best[] and
+// its squared norm into sq[]. Q queries per register tile (a partial tile repeats its last
+// query), NV vectors of reference lanes per chunk. rows[n..n+Q) must be readable pointers (the
+// rows that follow, to prefetch).
+template <typename T, int VB, int Q, int NV>
+FASTASD_ALWAYS_INLINE void tile_max_dot(const T* const* rows, int n, const T* rt, int64_t R,
+                                        int64_t Rp, int64_t D, T* best, T* sq) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int VL = Vec<T, VB>::kLanes;
+  for (int a0 = 0; a0 < n; a0 += Q) {
+    const T* q[Q];
+    for (int a = 0; a < Q; ++a) q[a] = rows[std::min(a0 + a, n - 1)];
+    V run[Q];
+    for (int a = 0; a < Q; ++a) run[a] = V{} - std::numeric_limits<T>::infinity();
+    const T* const* pf = rows + a0 + Q;  // the next register tile's rows, for the first chunk
+    int64_t c = 0;
+    for (; c + NV * VL <= Rp; c += NV * VL, pf = nullptr)
+      chunk_max<T, VB, Q, NV>(q, pf, rt + c, Rp, D, R - c, run);
+    for (; c < Rp; c += VL, pf = nullptr) chunk_max<T, VB, Q, 1>(q, pf, rt + c, Rp, D, R - c, run);
+    for (int a = 0; a < Q && a0 + a < n; ++a) {
+      T m = run[a][0];
+      for (int l = 1; l < VL; ++l) m = std::max(m, run[a][l]);
+      best[a0 + a] = m;
+      sq[a0 + a] = squared_norm<T, VB>(q[a], D);
+    }
+  }
+}
+
+// The normalized references of one group, rg (R rows of D), transposed into dst ([D, Rp],
+// padding lanes zero).
+template <typename T, int VB>
+FASTASD_ALWAYS_INLINE void transpose_refs(const T* rg, int64_t R, int64_t Rp, int64_t D, T* dst) {
+  constexpr int kB = 16;  // rows per pass: kB read streams, kB contiguous lanes written per d
+  for (int64_t j0 = 0; j0 < R; j0 += kB) {
+    const int64_t nb = std::min<int64_t>(kB, R - j0);
+    T inv[kB];
+    for (int64_t j = 0; j < nb; ++j) {
+      const double norm = std::sqrt(double(squared_norm<T, VB>(rg + (j0 + j) * D, D)));
+      inv[j] = static_cast<T>(1.0 / std::max(norm, kNormEps));
+    }
+    for (int64_t d = 0; d < D; ++d)
+      for (int64_t j = 0; j < nb; ++j) dst[d * Rp + j0 + j] = rg[(j0 + j) * D + d] * inv[j];
+  }
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t j = R; j < Rp; ++j) dst[d * Rp + j] = T(0);
+}
+
+// One copy per x86 ISA level, each with its own register tile: AVX-512 (32 zmm: 12 x 2
+// accumulators), AVX2 (16 ymm: 6 x 2), SSE2 (16 xmm: 2 x 4).
+#define FASTASD_ISA_VERSION(isa, T, VB, Q, NV)                                                   \
+  FASTASD_TARGET(isa)                                                                           \
+  void tile_max_dot_isa(const T* const* rows, int n, const T* rt, int64_t R, int64_t Rp,         \
+                        int64_t D, T* best, T* sq) {                                            \
+    tile_max_dot<T, VB, Q, NV>(rows, n, rt, R, Rp, D, best, sq);                                \
+  }                                                                                             \
+  FASTASD_TARGET(isa)                                                                           \
+  void transpose_refs_isa(const T* rg, int64_t R, int64_t Rp, int64_t D, T* dst) {              \
+    transpose_refs<T, VB>(rg, R, Rp, D, dst);                                                   \
+  }
+FASTASD_ISA_VERSION("default", float, 16, 2, 4)
+FASTASD_ISA_VERSION("default", double, 16, 2, 4)
+#ifdef FASTASD_X86_MULTIVERSION
+FASTASD_ISA_VERSION("arch=x86-64-v3", float, 32, 6, 2)
+FASTASD_ISA_VERSION("arch=x86-64-v3", double, 32, 6, 2)
+FASTASD_ISA_VERSION("arch=x86-64-v4", float, 64, 12, 2)
+FASTASD_ISA_VERSION("arch=x86-64-v4", double, 64, 12, 2)
 #endif
-}
-
-// The work of one tile: queries q[0..kQB) (rows of D, all of one group; duplicates allowed)
-// against refs[0..nref) (normalized rows of D). Writes the max dot product of each query into
-// best[] and its squared norm into sq[].
-template <typename T>
-FASTASD_ALWAYS_INLINE void tile_max_dot(const T* const* q, const T* refs, int64_t nref, int64_t D,
-                                        T* best, T* sq) {
-  using V = typename Vec64<T>::type;
-  constexpr int VL = Vec64<T>::kLanes;
-  const int64_t Dv = D - D % VL;
-  {  // squared norms of the queries
-    V acc[kQB];
-    for (int a = 0; a < kQB; ++a) acc[a] = V{};
-    for (int64_t d = 0; d < Dv; d += VL) {
-      for (int a = 0; a < kQB; ++a) {
-        V qv;
-        std::memcpy(&qv, q[a] + d, sizeof(V));
-        acc[a] += qv * qv;
-      }
-    }
-    for (int a = 0; a < kQB; ++a) {
-      T s = hsum<VL, T>(acc[a]);
-      for (int64_t d = Dv; d < D; ++d) s += q[a][d] * q[a][d];
-      sq[a] = s;
-      best[a] = -std::numeric_limits<T>::infinity();
-    }
-  }
-  for (int64_t j0 = 0; j0 < nref; j0 += kRB) {
-    const T* r[kRB];
-    for (int b = 0; b < kRB; ++b) r[b] = refs + std::min<int64_t>(j0 + b, nref - 1) * D;
-    V acc[kQB][kRB];
-    for (int a = 0; a < kQB; ++a)
-      for (int b = 0; b < kRB; ++b) acc[a][b] = V{};
-    for (int64_t d = 0; d < Dv; d += VL) {
-      V qv[kQB], rv[kRB];
-      for (int a = 0; a < kQB; ++a) std::memcpy(&qv[a], q[a] + d, sizeof(V));
-      for (int b = 0; b < kRB; ++b) std::memcpy(&rv[b], r[b] + d, sizeof(V));
-      for (int a = 0; a < kQB; ++a)
-        for (int b = 0; b < kRB; ++b) acc[a][b] += qv[a] * rv[b];
-    }
-    for (int a = 0; a < kQB; ++a) {
-      for (int b = 0; b < kRB; ++b) {
-        T dot = hsum<VL, T>(acc[a][b]);
-        for (int64_t d = Dv; d < D; ++d) dot += q[a][d] * r[b][d];
-        best[a] = std::max(best[a], dot);
-      }
-    }
-  }
-}
-
-FASTASD_TARGET_CLONES
-void tile_max_dot_f32(const float* const* q, const float* refs, int64_t nref, int64_t D, float* best,
-                      float* sq) {
-  tile_max_dot<float>(q, refs, nref, D, best, sq);
-}
-FASTASD_TARGET_CLONES
-void tile_max_dot_f64(const double* const* q, const double* refs, int64_t nref, int64_t D,
-                      double* best, double* sq) {
-  tile_max_dot<double>(q, refs, nref, D, best, sq);
-}
-FASTASD_ALWAYS_INLINE void tile_max_dot_dispatch(const float* const* q, const float* refs,
-                                                 int64_t nref, int64_t D, float* best,
-                                                 float* sq) {
-  tile_max_dot_f32(q, refs, nref, D, best, sq);
-}
-FASTASD_ALWAYS_INLINE void tile_max_dot_dispatch(const double* const* q, const double* refs,
-                                                 int64_t nref, int64_t D, double* best,
-                                                 double* sq) {
-  tile_max_dot_f64(q, refs, nref, D, best, sq);
-}
-
-template <typename T>
-double row_norm(const T* x, int64_t D) {
-  double s = 0.0;
-  for (int64_t d = 0; d < D; ++d) s += double(x[d]) * double(x[d]);
-  return std::sqrt(s);
-}
 
 template <typename T>
 void min_cosine_distance_typed(const at::Tensor& queries, const at::Tensor& refs,
                                const int64_t* group, const std::vector<int64_t>& offsets,
                                at::Tensor& out) {
-  const int64_t N = queries.size(0), D = queries.size(1), M = refs.size(0);
+  const int64_t N = queries.size(0), D = queries.size(1);
   const int64_t G = static_cast<int64_t>(offsets.size()) - 1;
   const T* q = queries.const_data_ptr<T>();
   const T* r = refs.const_data_ptr<T>();
   T* y = out.mutable_data_ptr<T>();
 
-  // Normalized references (M x D, small: the per-section reference sets).
-  std::vector<T> rn(static_cast<size_t>(M * D));
-  at::parallel_for(0, M, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      const double inv = 1.0 / std::max(row_norm(r + j * D, D), kNormEps);
-      for (int64_t d = 0; d < D; ++d) rn[j * D + d] = static_cast<T>(r[j * D + d] * inv);
-    }
-  });
-
-  // Queries bucketed by group (stable counting sort), then cut into tiles of <= kQB.
+  // Queries bucketed by group (stable counting sort), then cut into tiles of <= kTile.
   std::vector<int64_t> start(G + 1, 0), order(N);
   for (int64_t i = 0; i < N; ++i) ++start[group[i] + 1];
   for (int64_t g = 0; g < G; ++g) start[g + 1] += start[g];
@@ -173,26 +199,39 @@ void min_cosine_distance_typed(const at::Tensor& queries, const at::Tensor& refs
   }
   std::vector<int64_t> tiles;  // first position in `order` of each tile
   for (int64_t g = 0; g < G; ++g)
-    for (int64_t p = start[g]; p < start[g + 1]; p += kQB) tiles.push_back(p);
+    for (int64_t p = start[g]; p < start[g + 1]; p += kTile) tiles.push_back(p);
   const int64_t n_tiles = static_cast<int64_t>(tiles.size());
 
-  at::parallel_for(0, n_tiles, 8, [&](int64_t begin, int64_t end) {
+  // Normalized references, transposed per group: [D, Rp] blocks, padding lanes zero. Groups
+  // without queries are skipped.
+  constexpr int64_t kPad = kPadBytes / sizeof(T);
+  std::vector<int64_t> rp(G), roff(G + 1, 0);
+  for (int64_t g = 0; g < G; ++g) {
+    rp[g] = (offsets[g + 1] - offsets[g] + kPad - 1) / kPad * kPad;
+    roff[g + 1] = roff[g] + (start[g + 1] > start[g] ? D * rp[g] : 0);
+  }
+  // A tensor, for the allocator's 64-byte alignment of the vector loads.
+  at::Tensor rt_buf = at::empty({roff[G]}, queries.options());
+  T* rt = rt_buf.mutable_data_ptr<T>();
+  at::parallel_for(0, G, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g)
+      if (start[g + 1] > start[g])
+        transpose_refs_isa(r + offsets[g] * D, offsets[g + 1] - offsets[g], rp[g], D, rt + roff[g]);
+  });
+
+  at::parallel_for(0, n_tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t ti = begin; ti < end; ++ti) {
       const int64_t p0 = tiles[ti];
       const int64_t g = group[order[p0]];
-      const int64_t count = std::min<int64_t>(kQB, start[g + 1] - p0);
-      const T* qp[kQB];
-      for (int a = 0; a < kQB; ++a) qp[a] = q + order[p0 + std::min<int64_t>(a, count - 1)] * D;
-      if (ti + 1 < end) {  // the next tile's query rows are scattered: prefetch them
-        const int64_t pn = tiles[ti + 1], gn = group[order[pn]];
-        const int64_t cn = std::min<int64_t>(kQB, start[gn + 1] - pn);
-        for (int64_t a = 0; a < cn; ++a) {
-          const char* row = reinterpret_cast<const char*>(q + order[pn + a] * D);
-          for (int64_t byte = 0; byte < D * int64_t(sizeof(T)); byte += 64) __builtin_prefetch(row + byte);
-        }
-      }
-      T best[kQB], sq[kQB];
-      tile_max_dot_dispatch(qp, rn.data() + offsets[g] * D, offsets[g + 1] - offsets[g], D, best, sq);
+      const int count = static_cast<int>(std::min<int64_t>(kTile, start[g + 1] - p0));
+      // This tile's query rows, then (to prefetch) the first rows of the next tile of this task
+      // (positions in `order` run on across tiles), or repeats of the last row.
+      const T* rows[kTile + kMaxQ];
+      const int64_t p_end = ti + 1 < end ? start[G] : p0 + count;
+      for (int a = 0; a < count + kMaxQ; ++a)
+        rows[a] = q + order[std::min<int64_t>(p0 + a, p_end - 1)] * D;
+      T best[kTile], sq[kTile];
+      tile_max_dot_isa(rows, count, rt + roff[g], offsets[g + 1] - offsets[g], rp[g], D, best, sq);
       for (int a = 0; a < count; ++a) {
         const double norm = std::max(std::sqrt(double(sq[a])), kNormEps);
         y[order[p0 + a]] = static_cast<T>(1.0 - double(best[a]) / norm);
