@@ -10,21 +10,12 @@
 #include <string>
 #include <vector>
 
+#include "tests/test_util.h"
+
 namespace fastasd {
 at::Tensor min_cosine_distance_cpu(const at::Tensor& queries, const at::Tensor& refs,
                                    const at::Tensor& query_group, const at::Tensor& ref_offsets);
 }
-
-static int failures = 0;
-#define EXPECT(cond, ...)                                          \
-  do {                                                             \
-    if (!(cond)) {                                                 \
-      ++failures;                                                  \
-      std::printf("FAIL %s:%d: %s | ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                    \
-      std::printf("\n");                                           \
-    }                                                              \
-  } while (0)
 
 static double norm(const double* x, int64_t D) {
   double s = 0;
@@ -58,17 +49,6 @@ static void compare(int64_t N, int64_t D, const std::vector<int64_t>& sizes, at:
   const double tol = dtype == at::kDouble ? 1e-12 : 1e-5;  // distances lie in [0, 2]
   EXPECT(max_err <= tol, "N=%ld D=%ld G=%ld dtype=%s: max err %.3g > %.3g", long(N), long(D),
          long(G), c10::toString(dtype), max_err, tol);
-}
-
-template <typename F>
-static void expect_error(F&& f, const std::string& prefix) {
-  try {
-    f();
-    EXPECT(false, "no error, expected '%s'", prefix.c_str());
-  } catch (const c10::ValueError& e) {
-    const std::string msg = e.what_without_backtrace();
-    EXPECT(msg.rfind(prefix, 0) == 0, "message '%s' does not start with '%s'", msg.c_str(), prefix.c_str());
-  }
 }
 
 int main() {

@@ -9,20 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "tests/test_util.h"
+
 namespace fastasd {
 at::Tensor stft_magnitude_cpu(const at::Tensor& waveforms, int64_t n_fft, int64_t hop, bool normalize);
 }
-
-static int failures = 0;
-#define EXPECT(cond, ...)                                   \
-  do {                                                      \
-    if (!(cond)) {                                          \
-      ++failures;                                           \
-      std::printf("FAIL %s:%d: %s | ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                             \
-      std::printf("\n");                                    \
-    }                                                       \
-  } while (0)
 
 // Direct DFT in float64: the definition, independent of the kernel's FFT.
 static std::vector<double> naive(const at::Tensor& x64, int64_t n, int64_t hop, bool normalize) {
@@ -71,17 +62,6 @@ static void compare(int64_t B, int64_t N, int64_t n, int64_t hop, bool normalize
   const double tol = (dtype == at::kDouble ? 1e-10 : 1e-5) * std::max(1.0, max_ref);
   EXPECT(max_err <= tol, "B=%ld N=%ld n_fft=%ld hop=%ld normalize=%d dtype=%s: max err %.3g > %.3g",
          long(B), long(N), long(n), long(hop), int(normalize), c10::toString(dtype), max_err, tol);
-}
-
-template <typename F>
-static void expect_error(F&& f, const std::string& prefix) {
-  try {
-    f();
-    EXPECT(false, "no error, expected '%s'", prefix.c_str());
-  } catch (const c10::ValueError& e) {
-    const std::string msg = e.what_without_backtrace();
-    EXPECT(msg.rfind(prefix, 0) == 0, "message '%s' does not start with '%s'", msg.c_str(), prefix.c_str());
-  }
 }
 
 int main() {

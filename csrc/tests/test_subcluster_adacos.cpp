@@ -14,21 +14,12 @@
 #include <tuple>
 #include <vector>
 
+#include "tests/test_util.h"
+
 namespace fastasd {  // csrc/cpu/subcluster_adacos.cpp (also links the library into this test)
 int64_t check_subcluster_adacos_args(const at::Tensor& embeddings, const at::Tensor& centers,
                                      const at::Tensor& targets, int64_t n_subclusters);
 }
-
-static int failures = 0;
-#define EXPECT(cond, ...)                                          \
-  do {                                                             \
-    if (!(cond)) {                                                 \
-      ++failures;                                                  \
-      std::printf("FAIL %s:%d: %s | ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                    \
-      std::printf("\n");                                           \
-    }                                                              \
-  } while (0)
 
 using Fwd = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                        const at::Tensor&, double, int64_t, bool);
@@ -175,17 +166,6 @@ static void check_backward(int64_t B, int64_t D, int64_t C, int64_t K) {
          long(B), long(D), long(C), long(K), ex, ew);
   auto [gx2, gw2] = bwd_op().call(at::scalar_tensor(g, at::kDouble), x, w, t, s, lt, lc, K, false);
   EXPECT(at::allclose(gx2, gx) && gw2.numel() == 0, "centers_grad=false");
-}
-
-template <typename F>
-static void expect_error(F&& f, const std::string& prefix) {
-  try {
-    f();
-    EXPECT(false, "no error, expected '%s'", prefix.c_str());
-  } catch (const c10::ValueError& e) {
-    const std::string msg = e.what_without_backtrace();
-    EXPECT(msg.rfind(prefix, 0) == 0, "message '%s' does not start with '%s'", msg.c_str(), prefix.c_str());
-  }
 }
 
 int main() {
