@@ -21,6 +21,12 @@ size, ...) from the base preset (default ``demo``)::
 
     python benchmarks/studies.py table7 --steps 300 --seeds 0,1
 
+``ensemble``: the paper's Fig. 2 setting, an ensemble of ``--members`` models (seeds seed ..
+seed + members - 1, the scores summed), each trained with the base preset's full schedule through
+``fastasd.train``; the ensemble and every member alone are evaluated on the same data::
+
+    python benchmarks/studies.py ensemble --members 5
+
 Results: ``benchmarks/results/<study>_<tag>.json`` and ``.md`` (``--tag``, default ``cpu``), and
 the markdown table on stdout. The simple baseline's (``fastasd.baseline``) official score on the
 same data is reported beside the model's when that module is available.
@@ -319,10 +325,57 @@ def table7_markdown(out: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_ensemble(args) -> dict:
+    from fastasd import api
+    from fastasd.api import Detector
+    from fastasd.demo import evaluate_detector
+
+    sizes = synth_sizes(args)
+    root = ensure_data(Path(args.data), args.data_seed, sizes)
+    base = Config.preset(args.preset).replace(**(parse_variant("x:" + args.set)[1] if args.set else {}))
+    cfg = base.replace(clip_seconds=sizes["clip_seconds"], seed=args.seed, ensemble_size=args.members,
+                       device="cpu")
+    t = time.perf_counter()
+    det = api.train(root, config=cfg, progress=False)
+    train_s = time.perf_counter() - t
+
+    def figures(d) -> dict:
+        ev = evaluate_detector(d, root)
+        return {"official_score": ev.official_score, "official": dict(ev.official), "paper": dict(ev.paper)}
+
+    out = {"study": "ensemble", "preset": args.preset, "command": " ".join(sys.argv),
+           "environment": environment(), "synth": {**sizes, "seed": args.data_seed},
+           "config": cfg.to_dict(), "train_seconds": train_s, "ensemble": figures(det),
+           "members": [figures(Detector(cfg, [m], det.encoder, [b], det.thresholds, device="cpu"))
+                       for m, b in zip(det.models, det.backends)],
+           "baseline": baseline_score(root)}
+    out["markdown"] = ensemble_markdown(out)
+    return out
+
+
+def ensemble_markdown(out: dict) -> str:
+    s, cfg = out["synth"], out["config"]
+    lines = [f"Ensemble of {len(out['members'])} (scores summed; member i trained with seed "
+             f"{cfg['seed']} + i), base preset `{out['preset']}` ({cfg['epochs']} epochs, batch "
+             f"{cfg['batch_size']}, {cfg['clip_seconds']:g} s clips); synthetic set: "
+             f"{', '.join(s['machine_types'])} x {s['sections']} sections, {s['n_train_source']}+"
+             f"{s['n_train_target']} training and {s['n_test']} test clips per section; CPU "
+             f"({out['environment']['cpu_threads']} threads), {out['train_seconds']:.0f} s of training.",
+             "", "| system | official score (%) | mixed AUC (%) | mixed pAUC (%) |", "|---|---:|---:|---:|"]
+    rows = [("ensemble", out["ensemble"])] + [(f"member {i} (seed {cfg['seed'] + i})", m)
+                                              for i, m in enumerate(out["members"])]
+    if out.get("baseline"):
+        rows.append(("simple baseline", out["baseline"]))
+    for name, r in rows:
+        lines.append(f"| {name} | {pct(r['official_score'])} | {pct(r['paper']['auc_mixed'])} | "
+                     f"{pct(r['paper']['pauc_mixed'])} |")
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("study", choices=("steps", "table7"))
+    p.add_argument("study", choices=("steps", "table7", "ensemble"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
     p.add_argument("--tag", default="cpu", help="file name suffix (results/<study>_<tag>.json|md)")
     p.add_argument("--data", default=None, help="synthetic data folder (generated if needed)")
@@ -333,6 +386,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", default="", help="extra config overrides k=v,k=v on the base preset")
     p.add_argument("--steps", default=None, help="steps: comma list of evaluation steps; table7: one budget")
     p.add_argument("--variant", action="append", help="steps study: name:k=v,k=v (repeatable)")
+    p.add_argument("--members", type=int, default=5, help="ensemble study: number of members")
     p.add_argument("--machine-types", default=None)
     p.add_argument("--sections", type=int, default=None)
     p.add_argument("--train-source", type=int, default=None)
@@ -342,7 +396,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.manual_seed(0)
-    if args.study == "steps":  # the demo's set (fastasd.demo.DEMO_SYNTH)
+    if args.study in ("steps", "ensemble"):  # the demo's set (fastasd.demo.DEMO_SYNTH)
         defaults = dict(machine_types="fan,pump,gearbox,valve", sections=2, train_source=200,
                         train_target=10, test=40, clip_seconds=2.0, steps="50,100,250,500,1000")
     else:  # a larger set
@@ -356,10 +410,10 @@ def main(argv=None) -> int:
     if args.data is None:
         args.data = f"/tmp/fastasd_studies/{args.study}_data_{args.data_seed}"
     t = time.perf_counter()
-    out = run_steps(args) if args.study == "steps" else run_table7(args)
+    out = {"steps": run_steps, "table7": run_table7, "ensemble": run_ensemble}[args.study](args)
     out["total_seconds"] = time.perf_counter() - t
     res = Path(args.out)
-    stem = f"{'steps_curve' if args.study == 'steps' else 'table7'}_{args.tag}"
+    stem = f"{ {'steps': 'steps_curve'}.get(args.study, args.study)}_{args.tag}"
     atomic_write_json(res / f"{stem}.json", out)
     atomic_write_text(res / f"{stem}.md", out["markdown"])
     print(out["markdown"])
