@@ -198,13 +198,24 @@ def pct(v) -> str:
 
 
 # --------------------------------------------------------------------------- studies
-def run_steps(args) -> dict:
-    base = Config.preset(args.preset).replace(**(parse_variant("x:" + args.set)[1] if args.set else {}))
+def base_config(args) -> Config:
+    """The base preset with the ``--set`` overrides and the data's clip length."""
+    overrides = parse_variant("x:" + args.set)[1] if args.set else {}
+    return Config.preset(args.preset).replace(**overrides, clip_seconds=args.clip_seconds)
+
+
+def prepare_data(args, config: Config):
+    """(sizes, root, data) of the study's synthetic set: data = ((train clips, waveforms),
+    (test clips, waveforms)), all in memory."""
     sizes = synth_sizes(args)
-    base = base.replace(clip_seconds=sizes["clip_seconds"], seed=args.seed)
     root = ensure_data(Path(args.data), args.data_seed, sizes)
-    train_clips, train_waves = load_split(root, "train", base)
-    data = ((train_clips, train_waves), load_split(root, "test", base))
+    return sizes, root, (load_split(root, "train", config), load_split(root, "test", config))
+
+
+def run_steps(args) -> dict:
+    base = base_config(args).replace(seed=args.seed)
+    sizes, root, data = prepare_data(args, base)
+    train_clips = data[0][0]
     steps = [int(s) for s in args.steps.split(",")]
     variants = [parse_variant(v) for v in (args.variant or ["preset:"])]
     out = {"study": "steps", "preset": args.preset, "command": " ".join(sys.argv), "environment": environment(),
@@ -256,12 +267,9 @@ def steps_markdown(out: dict) -> str:
 
 
 def run_table7(args) -> dict:
-    base = Config.preset(args.preset).replace(**(parse_variant("x:" + args.set)[1] if args.set else {}))
-    sizes = synth_sizes(args)
-    base = base.replace(clip_seconds=sizes["clip_seconds"])
-    root = ensure_data(Path(args.data), args.data_seed, sizes)
-    train_clips, train_waves = load_split(root, "train", base)
-    data = ((train_clips, train_waves), load_split(root, "test", base))
+    base = base_config(args)
+    sizes, root, data = prepare_data(args, base)
+    train_clips = data[0][0]
     seeds = [int(s) for s in args.seeds.split(",")]
     designs = {"standard": dict(PRESETS["standard"]), "presented": {}}
     out = {"study": "table7", "preset": args.preset, "command": " ".join(sys.argv), "environment": environment(),
@@ -332,9 +340,7 @@ def run_ensemble(args) -> dict:
 
     sizes = synth_sizes(args)
     root = ensure_data(Path(args.data), args.data_seed, sizes)
-    base = Config.preset(args.preset).replace(**(parse_variant("x:" + args.set)[1] if args.set else {}))
-    cfg = base.replace(clip_seconds=sizes["clip_seconds"], seed=args.seed, ensemble_size=args.members,
-                       device="cpu")
+    cfg = base_config(args).replace(seed=args.seed, ensemble_size=args.members, device="cpu")
     t = time.perf_counter()
     det = api.train(root, config=cfg, progress=False)
     train_s = time.perf_counter() - t
