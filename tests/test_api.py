@@ -15,14 +15,9 @@ from fastasd.data.dataset import iter_audio_batches
 from fastasd.data.layout import discover
 from fastasd.data.synth import generate
 
-TINY = dict(machine_types=["fan", "valve"], sections=1, n_train_source=8, n_train_target=2,
-            n_test=8, clip_seconds=0.5)
+from tiny import TINY, tiny_config  # tests/tiny.py
+
 RECORD_KEYS = {"file", "file_name", "machine_type", "section", "domain", "label", "score", "decision"}
-
-
-def tiny_config(**overrides) -> Config:
-    settings = dict(clip_seconds=0.5, batch_size=4, epochs=1, device="cpu")
-    return Config.preset("demo").replace(**{**settings, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,7 @@ from fastasd.data.layout import discover
 from fastasd.data.synth import generate
 from fastasd.train import checkpoint_path, load_checkpoint, train_model
 
-# A tiny synthetic set: 2 machine types x 1 section, 8 + 2 training clips each, 0.5-s clips.
-TINY = dict(machine_types=["fan", "valve"], sections=1, n_train_source=8, n_train_target=2,
-            n_test=8, clip_seconds=0.5)
-
-
-def tiny_config(**overrides) -> Config:
-    """The demo preset shrunk to seconds of CPU: 0.5-s clips, batch 4 (5 steps per epoch)."""
-    settings = dict(clip_seconds=0.5, batch_size=4, epochs=2, device="cpu")
-    return Config.preset("demo").replace(**{**settings, **overrides})
+from tiny import TINY, tiny_config  # tests/tiny.py
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +51,7 @@ def test_same_seed_same_model_on_cpu(tiny_clips):
 
 
 def test_history_and_scale(tiny_clips):
-    model, loss, enc, hist = train_model(tiny_clips, tiny_config(), progress=False)
+    model, loss, enc, hist = train_model(tiny_clips, tiny_config(epochs=2), progress=False)
     assert len(enc) == len({(c.machine_type, c.section, c.attributes, c.domain) for c in tiny_clips})
     assert [h["epoch"] for h in hist] == [1, 2]
     assert [h["step"] for h in hist] == [5, 10]  # 20 clips / batch 4
