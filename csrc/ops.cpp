@@ -12,8 +12,11 @@ TORCH_LIBRARY(fastasd, m) {
   m.def("stft_magnitude(Tensor waveforms, int n_fft, int hop, bool normalize) -> Tensor");
 
   // Sub-cluster AdaCos loss (forward returns what the backward needs).
-  m.def("subcluster_adacos(Tensor embeddings, Tensor centers, Tensor targets, float scale, int n_subclusters, bool update_scale) -> (Tensor, Tensor, Tensor, Tensor)");  // loss, scale, lse_total[B], lse_class[B,C]
-  m.def("subcluster_adacos_backward(Tensor grad_loss, Tensor embeddings, Tensor centers, Tensor targets, Tensor scale, Tensor lse_total, Tensor lse_class, int n_subclusters, bool centers_grad) -> (Tensor, Tensor)");
+  // Outputs: loss, scale, then what the backward reuses: lse_total [B], lse_class [B, C],
+  // cos [B, C*K] (the cosines; the backward then needs no GEMM to recompute them) and
+  // col_inv_norms [C*K] (1 / max(|centers[:, j]|, eps)).
+  m.def("subcluster_adacos(Tensor embeddings, Tensor centers, Tensor targets, float scale, int n_subclusters, bool update_scale) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("subcluster_adacos_backward(Tensor grad_loss, Tensor embeddings, Tensor centers, Tensor targets, Tensor scale, Tensor lse_total, Tensor lse_class, Tensor cos, Tensor col_inv_norms, int n_subclusters, bool centers_grad) -> (Tensor, Tensor)");
 
   // queries [N, D], refs [M, D] (group g = rows ref_offsets[g]..ref_offsets[g+1]), query_group [N]
   // int64, ref_offsets [G+1] int64 -> [N]: 1 - max cosine similarity over the query's group.

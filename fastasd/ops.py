@@ -134,11 +134,12 @@ def subcluster_adacos(
         ``s = (M + ln B_avg) / cos(min(pi/4, theta_med))`` as in
         :func:`fastasd.reference.adacos_updated_scale` (angle mode "sum"). An empty batch gives
         ``(0, scale)``. Gradients flow to ``embeddings`` and ``centers``; none to the scale (it
-        is returned detached) or to ``targets``. The native op keeps no ``[B, C*K]`` tensor for
-        the backward (it recomputes the cosines from the inputs).
+        is returned detached) or to ``targets``. For the backward the native op keeps the
+        ``[B, C*K]`` cosines, the ``[C*K]`` inverse column norms and the ``[B]`` / ``[B, C]``
+        log-sum-exps (no exponentials), so that its backward needs one GEMM, not two.
     """
     if _native("subcluster_adacos", embeddings.device.type):
-        loss, s, _, _ = torch.ops.fastasd.subcluster_adacos.default(
+        loss, s, *_ = torch.ops.fastasd.subcluster_adacos.default(
             embeddings, centers, targets, float(scale), int(n_subclusters), bool(update_scale))
         return loss, s
     return reference.subcluster_adacos(embeddings, centers, targets, scale, n_subclusters, update_scale)
@@ -170,34 +171,38 @@ if _NATIVE:
     def _subcluster_adacos_fake(embeddings, centers, targets, scale, n_subclusters, update_scale):
         C = _subcluster_adacos_fake_checks("subcluster_adacos", embeddings, centers, targets, n_subclusters)
         B = embeddings.shape[0]
+        CK = centers.shape[1]
         return (embeddings.new_empty(()), embeddings.new_empty(()), embeddings.new_empty((B,)),
-                embeddings.new_empty((B, C)))
+                embeddings.new_empty((B, C)), embeddings.new_empty((B, CK)), embeddings.new_empty((CK,)))
 
     @torch.library.register_fake("fastasd::subcluster_adacos_backward")
     def _subcluster_adacos_backward_fake(grad_loss, embeddings, centers, targets, scale, lse_total, lse_class,
-                                         n_subclusters, centers_grad):
+                                         cos, col_inv_norms, n_subclusters, centers_grad):
         op = "subcluster_adacos_backward"
         C = _subcluster_adacos_fake_checks(op, embeddings, centers, targets, n_subclusters)
-        B = embeddings.shape[0]
+        B, CK = embeddings.shape[0], centers.shape[1]
         _fake_check(grad_loss.dim() == 0 and scale.dim() == 0, op, "grad_loss and scale must be 0-dim")
         torch._check(lse_total.shape == (B,) and lse_class.shape == (B, C),
                      lambda: f"fastasd::{op}: lse_total must be [{B}] and lse_class [{B}, {C}]")
+        torch._check(cos.shape == (B, CK) and col_inv_norms.shape == (CK,),
+                     lambda: f"fastasd::{op}: cos must be [{B}, {CK}] and col_inv_norms [{CK}]")
         grad_centers = centers.new_empty(centers.shape) if centers_grad else centers.new_empty((0,))
         return embeddings.new_empty(embeddings.shape), grad_centers
 
     def _subcluster_adacos_setup_context(ctx, inputs, output):
         embeddings, centers, targets, _scale, n_subclusters, _update_scale = inputs
-        _loss, s, lse_total, lse_class = output
-        # Only the inputs and the [B] / [B, C] row statistics are kept (no [B, C*K] tensor).
-        ctx.save_for_backward(embeddings, centers, targets, s, lse_total, lse_class)
+        _loss, s, lse_total, lse_class, cos, col_inv_norms = output
+        # The inputs, the row statistics, the cosines and the inverse column norms (no exponentials).
+        ctx.save_for_backward(embeddings, centers, targets, s, lse_total, lse_class, cos, col_inv_norms)
         ctx.n_subclusters = n_subclusters
-        ctx.mark_non_differentiable(s, lse_total, lse_class)
+        ctx.mark_non_differentiable(s, lse_total, lse_class, cos, col_inv_norms)
 
-    def _subcluster_adacos_backward(ctx, grad_loss, _grad_scale, _grad_lse_total, _grad_lse_class):
-        embeddings, centers, targets, s, lse_total, lse_class = ctx.saved_tensors
+    def _subcluster_adacos_backward(ctx, grad_loss, *_grad_saved_outputs):
+        embeddings, centers, targets, s, lse_total, lse_class, cos, col_inv_norms = ctx.saved_tensors
         need_emb, need_centers = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_emb, grad_centers = torch.ops.fastasd.subcluster_adacos_backward.default(
-            grad_loss, embeddings, centers, targets, s, lse_total, lse_class, ctx.n_subclusters, need_centers)
+            grad_loss, embeddings, centers, targets, s, lse_total, lse_class, cos, col_inv_norms,
+            ctx.n_subclusters, need_centers)
         # No gradient for targets or the scale (as in the reference, where the scale is detached).
         return (grad_emb if need_emb else None, grad_centers if need_centers else None, None, None, None, None)
 

@@ -28,20 +28,21 @@
 //                                            rx_b dxn_b                            otherwise
 //   dL/dWn_j rw_j = (xn^T G)_j,    dL/dW_j = (xn^T G)_j - W_j rw_j^2 (W_j . (xn^T G)_j) if |W_j| > eps
 //                                            (xn^T G)_j                               otherwise
-//   cos is recomputed from the inputs (one GEMM) instead of saving [B, CK] exponentials: the
-//   forward saves only lse_total [B], lse_class [B, C] and the scale.
+//   The forward returns cos [B, CK] and rw [CK] with lse_total [B], lse_class [B, C] and the
+//   scale, and the backward reuses them: no GEMM to recompute cos and no pass over W for its
+//   column norms (cos is the [B, CK] buffer the forward computes anyway; no exponentials are kept).
 //
 // Fusion: cos rows come from one BLAS GEMM (allowed on CPU); the column scaling by rw, the
 // exponentials, the per-class and per-row log-sum-exps, the scale-update statistics and the logit
 // gradient are computed row by row in our own loops (at::parallel_for over rows), so no [B, CK]
-// tensor of exponentials exists (the [B, CK] product buffer lives only during one call). exp's
+// tensor of exponentials exists (the [B, CK] cosines are returned for the backward). exp's
 // arguments are shifted by |s| (>= every logit since |cos| <= 1), which needs no pass for a
 // maximum; |s| > 40 (float32) falls back to the row maximum. float32 uses explicitly vectorized
 // exp / log (GCC vector extensions: 8 lanes baseline or AVX2+FMA, 16 lanes AVX-512, chosen at run
 // time, FASTASD_CPU_ISA=avx2|base caps it); float64 (gradcheck) uses std::exp / std::log.
 //
-// Cost at B=64, D=256, CK=5472 (float32, one thread): the three GEMMs (forward, recompute,
-// dL/dxn) take ~70% of the time; reading W for its column norms (twice) ~8%.
+// Cost at B=64, D=256, CK=5472 (float32): the two GEMMs (forward, dL/dxn) and the exponentials
+// of the forward's and the backward's row passes (see benchmarks/NOTES.md).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -106,12 +107,19 @@ int64_t check_subcluster_adacos_args(const at::Tensor& embeddings, const at::Ten
   return check_inputs(kOp, embeddings, centers, targets, n_subclusters);
 }
 
+// The col_inv_norms output for an empty batch (no kernel runs then; shared with the CUDA
+// implementation): 1 / max(|centers[:, j]|, eps).
+at::Tensor empty_batch_col_inv_norms(const at::Tensor& centers) {
+  return at::linalg_vector_norm(centers, 2, at::IntArrayRef{0}).clamp_min(1e-12).reciprocal();
+}
+
 // Checks of subcluster_adacos_backward's arguments (shared with the CUDA implementation).
 // Returns C.
 int64_t check_subcluster_adacos_backward_args(const at::Tensor& grad_loss, const at::Tensor& embeddings,
                                               const at::Tensor& centers, const at::Tensor& targets,
                                               const at::Tensor& scale, const at::Tensor& lse_total,
-                                              const at::Tensor& lse_class, int64_t n_subclusters) {
+                                              const at::Tensor& lse_class, const at::Tensor& cos,
+                                              const at::Tensor& col_inv_norms, int64_t n_subclusters) {
   const char* op = kOpBackward;
   const int64_t C = check_inputs(op, embeddings, centers, targets, n_subclusters);
   const int64_t B = embeddings.size(0);
@@ -122,14 +130,23 @@ int64_t check_subcluster_adacos_backward_args(const at::Tensor& grad_loss, const
   FASTASD_CHECK(lse_total.size(0) == B, op, "lse_total", "must be [", B, "], got ", lse_total.sizes());
   FASTASD_CHECK(lse_class.size(0) == B && lse_class.size(1) == C, op, "lse_class", "must be [", B,
                 ", ", C, "], got ", lse_class.sizes());
+  const int64_t CK = centers.size(1);
+  FASTASD_CHECK_DIM(cos, 2, op, "cos", "[B, C*K]");
+  FASTASD_CHECK_DIM(col_inv_norms, 1, op, "col_inv_norms", "[C*K]");
+  FASTASD_CHECK(cos.size(0) == B && cos.size(1) == CK, op, "cos", "must be [", B, ", ", CK, "], got ",
+                cos.sizes());
+  FASTASD_CHECK(col_inv_norms.size(0) == CK, op, "col_inv_norms", "must be [", CK, "], got ",
+                col_inv_norms.sizes());
   struct Arg { const at::Tensor* t; const char* name; };
   for (const Arg& a : {Arg{&grad_loss, "grad_loss"}, Arg{&scale, "scale"}, Arg{&lse_total, "lse_total"},
-                       Arg{&lse_class, "lse_class"}}) {
+                       Arg{&lse_class, "lse_class"}, Arg{&cos, "cos"}, Arg{&col_inv_norms, "col_inv_norms"}}) {
     FASTASD_CHECK_SAME_DTYPE(*a.t, embeddings, op, a.name, "embeddings");
     FASTASD_CHECK_SAME_DEVICE(*a.t, embeddings, op, a.name, "embeddings");
   }
   FASTASD_CHECK_CONTIGUOUS(lse_total, op, "lse_total");
   FASTASD_CHECK_CONTIGUOUS(lse_class, op, "lse_class");
+  FASTASD_CHECK_CONTIGUOUS(cos, op, "cos");
+  FASTASD_CHECK_CONTIGUOUS(col_inv_norms, op, "col_inv_norms");
   return C;
 }
 
@@ -336,7 +353,7 @@ template <class V> FA_INLINE void log_inplace_impl(float* v, int64_t n) {
   for (; i < n; ++i) v[i] = std::log(v[i]);
 }
 
-// out_i = coef * f_i * exp(s x_i f_i - m)
+// out_i = coef * f_i * exp(s x_i - m)
 template <class V>
 FA_INLINE void softmax_grad_impl(const float* x, const float* f, float s, float m, float coef, float* out, int64_t n) {
   constexpr int L = Lanes<V>::n;
@@ -344,11 +361,11 @@ FA_INLINE void softmax_grad_impl(const float* x, const float* f, float s, float 
   int64_t i = 0;
   for (; i + L <= n; i += L) {
     const V w = vload<V>(f + i);
-    vstore(out + i, vc * w * vexp(vs * (vload<V>(x + i) * w) - vm));
+    vstore(out + i, vc * w * vexp(vs * vload<V>(x + i) - vm));
   }
   if (i < n) {
     const V w = vload_tail<V>(f + i, n - i, 0.0f);
-    const V o = vc * w * vexp(vs * (vload_tail<V>(x + i, n - i, 0.0f) * w) - vm);
+    const V o = vc * w * vexp(vs * vload_tail<V>(x + i, n - i, 0.0f) - vm);
     for (int64_t l = 0; l < n - i; ++l) out[i + l] = o[l];
   }
 }
@@ -477,7 +494,7 @@ template <> struct Row<double> {
     for (int64_t i = 0; i < n; ++i) v[i] = std::log(v[i]);
   }
   static void softmax_grad(const double* x, const double* f, double s, double m, double c, double* o, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) o[i] = c * f[i] * std::exp(s * (x[i] * f[i]) - m);
+    for (int64_t i = 0; i < n; ++i) o[i] = c * f[i] * std::exp(s * x[i] - m);
   }
   static void add_squares(double* acc, const double* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) acc[i] += x[i] * x[i];
@@ -607,10 +624,11 @@ double class_lse_row(T* row, const T* rw, const T* trow, T s, int64_t C, int64_t
   return acc;
 }
 
+using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
 template <typename T>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& w,
-                                                                        const at::Tensor& targets, double scale,
-                                                                        int64_t K, bool update_scale, int64_t C) {
+ForwardOut forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& targets, double scale, int64_t K,
+                        bool update_scale, int64_t C) {
   const int64_t B = x.size(0), CK = w.size(1);
   at::Tensor rx, rw;
   at::Tensor cos = normalized_product<T>(x, w, rx, rw).second;  // raw products; cosines after one pass
@@ -640,31 +658,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(const at
     const double theta_med = lower_median(theta);
     s = T((mx + std::log(sum) - std::log(double(B))) / std::cos(std::min(kQuarterPi, theta_med)));
   }
-  // The log-sum-exps with the final scale (and, without update_scale, the cosines in the same pass).
-  const T* row_factor = update_scale ? nullptr : rwp;
+  // The log-sum-exps with the final scale (without update_scale, the rows become cosines first:
+  // they are returned for the backward).
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> sums(C), scratch(CK);  // scratch: only when K is not a multiple of the lanes
-    for (int64_t b = b0; b < b1; ++b)
-      row_loss[b] = class_lse_row(cosp + b * CK, row_factor, tp + b * C, s, C, K, lcp + b * C, ltp + b, sums.data(),
-                                  scratch.data());
+    for (int64_t b = b0; b < b1; ++b) {
+      T* row = cosp + b * CK;
+      if (!update_scale)
+        for (int64_t j = 0; j < CK; ++j) row[j] *= rwp[j];
+      row_loss[b] = class_lse_row(row, static_cast<const T*>(nullptr), tp + b * C, s, C, K, lcp + b * C, ltp + b,
+                                  sums.data(), scratch.data());
+    }
   });
   double total_loss = 0.0;
   for (double v : row_loss) total_loss += v;
   at::Tensor loss = at::full({}, -total_loss / double(B), x.options());
   at::Tensor scale_out = at::full({}, double(s), x.options());
-  return {loss, scale_out, lse_total, lse_class};
+  return {loss, scale_out, lse_total, lse_class, cos, rw};
 }
 
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> backward_impl(double grad_loss, const at::Tensor& x, const at::Tensor& w,
                                                  const at::Tensor& targets, double scale, const at::Tensor& lse_total,
-                                                 const at::Tensor& lse_class, int64_t K, bool centers_grad, int64_t C) {
+                                                 const at::Tensor& lse_class, const at::Tensor& cos,
+                                                 const at::Tensor& rw, int64_t K, bool centers_grad, int64_t C) {
   const int64_t B = x.size(0), D = x.size(1), CK = w.size(1);
-  at::Tensor rx, rw;
-  auto prod = normalized_product<T>(x, w, rx, rw);
-  at::Tensor xn = prod.first, raw = prod.second;
+  at::Tensor rx = at::empty({B}, x.options());
+  row_inv_norms<T>(x.data_ptr<T>(), B, D, rx.data_ptr<T>());
+  at::Tensor xn = x * rx.unsqueeze(1);
   at::Tensor G = at::empty({B, CK}, x.options());
-  T* rawp = raw.data_ptr<T>();
+  const T* cosp = cos.data_ptr<T>();
   T* Gp = G.data_ptr<T>();
   const T* rwp = rw.data_ptr<T>();
   const T* tp = targets.data_ptr<T>();
@@ -679,7 +702,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(double grad_loss, const at::Ten
       const T* trow = tp + b * C;
       T tsum = 0;
       for (int64_t c = 0; c < C; ++c) tsum += trow[c];
-      const T* row = rawp + b * CK;  // raw products: cos_j = row_j rw_j
+      const T* row = cosp + b * CK;
       T* grow = Gp + b * CK;
       Row<T>::softmax_grad(row, rwp, s, ltp[b], g * tsum, grow, CK);
       for (int64_t c = 0; c < C; ++c) {
@@ -687,7 +710,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(double grad_loss, const at::Ten
         if (tv == T(0)) continue;
         const T coef = g * tv, lc = lcp[b * C + c];
         for (int64_t j = c * K; j < (c + 1) * K; ++j)
-          grow[j] -= coef * rwp[j] * T(std::exp(s * (row[j] * rwp[j]) - lc));
+          grow[j] -= coef * rwp[j] * T(std::exp(s * row[j] - lc));
       }
     }
   });
@@ -752,16 +775,16 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(double grad_loss, const at::Ten
   return {grad_x, grad_w};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subcluster_adacos_cpu(
-    const at::Tensor& embeddings, const at::Tensor& centers, const at::Tensor& targets, double scale,
-    int64_t n_subclusters, bool update_scale) {
+ForwardOut subcluster_adacos_cpu(const at::Tensor& embeddings, const at::Tensor& centers, const at::Tensor& targets,
+                                 double scale, int64_t n_subclusters, bool update_scale) {
   const int64_t C = check_subcluster_adacos_args(embeddings, centers, targets, n_subclusters);
   FASTASD_CHECK(embeddings.device().is_cpu(), kOp, "embeddings", "must be a CPU tensor here, got ",
                 embeddings.device());
   const int64_t B = embeddings.size(0);
   const auto opts = embeddings.options();
   if (B == 0) {  // the reference's convention: loss 0, scale unchanged
-    return {at::zeros({}, opts), at::full({}, scale, opts), at::empty({0}, opts), at::empty({0, C}, opts)};
+    return {at::zeros({}, opts), at::full({}, scale, opts), at::empty({0}, opts), at::empty({0, C}, opts),
+            at::empty({0, centers.size(1)}, opts), empty_batch_col_inv_norms(centers)};
   }
   select_cpu_level();
   return AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "subcluster_adacos_cpu", [&] {
@@ -771,10 +794,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subcluster_adacos_cpu
 
 std::tuple<at::Tensor, at::Tensor> subcluster_adacos_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& embeddings, const at::Tensor& centers, const at::Tensor& targets,
-    const at::Tensor& scale, const at::Tensor& lse_total, const at::Tensor& lse_class, int64_t n_subclusters,
-    bool centers_grad) {
+    const at::Tensor& scale, const at::Tensor& lse_total, const at::Tensor& lse_class, const at::Tensor& cos,
+    const at::Tensor& col_inv_norms, int64_t n_subclusters, bool centers_grad) {
   const int64_t C = check_subcluster_adacos_backward_args(grad_loss, embeddings, centers, targets, scale, lse_total,
-                                                          lse_class, n_subclusters);
+                                                          lse_class, cos, col_inv_norms, n_subclusters);
   FASTASD_CHECK(embeddings.device().is_cpu(), kOpBackward, "embeddings", "must be a CPU tensor here, got ",
                 embeddings.device());
   const auto opts = embeddings.options();
@@ -784,8 +807,8 @@ std::tuple<at::Tensor, at::Tensor> subcluster_adacos_backward_cpu(
   const double g = grad_loss.item<double>(), s = scale.item<double>();
   select_cpu_level();
   return AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "subcluster_adacos_backward_cpu", [&] {
-    return backward_impl<scalar_t>(g, embeddings, centers, targets, s, lse_total, lse_class, n_subclusters,
-                                   centers_grad, C);
+    return backward_impl<scalar_t>(g, embeddings, centers, targets, s, lse_total, lse_class, cos, col_inv_norms,
+                                   n_subclusters, centers_grad, C);
   });
 }
 

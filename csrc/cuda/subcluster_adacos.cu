@@ -7,7 +7,7 @@
 //   forward
 //     1. gemm_tile_kernel<.., EpiCos>: cos[b, j] = (x W)[b, j] rx_b rw_j. The row and column
 //        norms are accumulated from the tiles the block streams through shared memory anyway.
-//        cos is a temporary [B, CK] workspace (freed when the forward returns).
+//        cos [B, CK] and rw [CK] are outputs: the backward reuses them.
 //     2. (update_scale) row_pass_kernel<STATS=true>: per row, lse_old_b = logsumexp_j(s_old cos)
 //        and theta_b; the last block to finish computes s (log-sum-exp over rows, lower median by
 //        radix select) and writes it to the scale output.
@@ -15,8 +15,8 @@
 //        class), lse_total and the row's loss term; the last block reduces the loss.
 //   backward
 //     1. row_prep_kernel: rx_b and g T_b (g = grad_loss s / B, T_b = sum_c t_bc).
-//     2. gemm_tile_kernel<.., EpiGrad>: recomputes cos tile by tile (the column norms again from
-//        the tiles) and writes G = dL/dcos * rw (no exponentials are stored by the forward).
+//     2. logit_grad_kernel: G = dL/dcos * rw, elementwise from the forward's cos and rw (no
+//        exponentials are stored by the forward).
 //     3. gemm_tile_kernel<.., EpiStore>, split over CK: partial dL/dxn = G W^T.
 //     4. dx_kernel: sums the partials and projects through the row normalization.
 //     5. (centers_grad) gemm_tile_kernel: xn^T G, then col_project_kernel: the projection
@@ -46,7 +46,9 @@ int64_t check_subcluster_adacos_args(const at::Tensor& embeddings, const at::Ten
 int64_t check_subcluster_adacos_backward_args(const at::Tensor& grad_loss, const at::Tensor& embeddings,
                                               const at::Tensor& centers, const at::Tensor& targets,
                                               const at::Tensor& scale, const at::Tensor& lse_total,
-                                              const at::Tensor& lse_class, int64_t n_subclusters);
+                                              const at::Tensor& lse_class, const at::Tensor& cos,
+                                              const at::Tensor& col_inv_norms, int64_t n_subclusters);
+at::Tensor empty_batch_col_inv_norms(const at::Tensor& centers);
 
 namespace {
 
@@ -347,25 +349,25 @@ template <typename T> struct EpiStore {
   }
 };
 
-// G[b, j] = dL/dcos[b, j] * rw_j from the recomputed cos (see the math in the CPU file).
-template <typename T> struct EpiGrad {
-  T* G;
-  const T* targets;
-  const T* lse_total;
-  const T* lse_class;
-  const T* gT;  // g * T_b
-  const T* grad_loss;
-  const T* scale;
-  int64_t N, C, K, B;
-  __device__ __forceinline__ void operator()(int64_t m, int64_t n, int64_t, T acc, T rf, T cf) const {
-    const T s = *scale, cosv = acc * rf * cf, v = s * cosv;
-    const int64_t c = n / K;
+// G[b, j] = dL/dcos[b, j] * rw_j from the forward's cos and rw (see the math in the CPU file);
+// grid-stride over the B x N elements.
+template <typename T>
+__global__ void logit_grad_kernel(const T* __restrict__ cosines, const T* __restrict__ rw,
+                                  const T* __restrict__ targets, const T* __restrict__ lse_total,
+                                  const T* __restrict__ lse_class, const T* __restrict__ gT /* g * T_b */,
+                                  const T* grad_loss, const T* scale, int64_t B, int64_t N, int64_t C, int64_t K,
+                                  T* __restrict__ G) {
+  const T s = *scale, gs = (*grad_loss) * s / T(B);
+  const int64_t total = B * N;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t m = i / N, n = i - m * N, c = n / K;
+    const T v = s * cosines[i];
     T d = gT[m] * dexp(v - lse_total[m]);
     const T t = targets[m * C + c];
-    if (t != T(0)) d -= (*grad_loss) * s / T(B) * t * dexp(v - lse_class[m * C + c]);
-    G[m * N + n] = d * cf;
+    if (t != T(0)) d -= gs * t * dexp(v - lse_class[m * C + c]);
+    G[i] = d * rw[n];
   }
-};
+}
 
 // ---------------------------------------------------------------------------------------------
 // Row passes over cos (one block of kRowThreads per row b; one group of `group` lanes per class)
@@ -545,17 +547,16 @@ dim3 gemm_grid(int64_t M, int64_t N, int64_t splits) {
 template <typename T>
 void forward_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& targets, double scale, int64_t K,
                   bool update_scale, int64_t C, at::Tensor& loss, at::Tensor& scale_out, at::Tensor& lse_total,
-                  at::Tensor& lse_class) {
+                  at::Tensor& lse_class, at::Tensor& cosines, at::Tensor& rw) {
   const int64_t B = x.size(0), D = x.size(1), CK = w.size(1);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor cosines = at::empty({B, CK}, x.options());
   at::Tensor rows = at::empty({3, B}, x.options());  // row loss, lse_old, theta
   at::Tensor counters = at::empty({2}, x.options().dtype(at::kInt));
   T* rowp = rows.data_ptr<T>();
   int* cnt = counters.data_ptr<int>();
 
   gemm_tile_kernel<T, false, true, true, true, EpiCos<T>><<<gemm_grid(B, CK, 1), kThreads, 0, stream>>>(
-      x.data_ptr<T>(), D, 1, w.data_ptr<T>(), CK, 1, B, CK, D, D, nullptr, nullptr, cnt,
+      x.data_ptr<T>(), D, 1, w.data_ptr<T>(), CK, 1, B, CK, D, D, nullptr, rw.data_ptr<T>(), cnt,
       EpiCos<T>{cosines.data_ptr<T>(), CK});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
@@ -575,12 +576,12 @@ void forward_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& ta
 
 template <typename T>
 void backward_cuda(const at::Tensor& grad_loss, const at::Tensor& x, const at::Tensor& w, const at::Tensor& targets,
-                   const at::Tensor& scale, const at::Tensor& lse_total, const at::Tensor& lse_class, int64_t K,
-                   bool centers_grad, int64_t C, at::Tensor& grad_x, at::Tensor& grad_w) {
+                   const at::Tensor& scale, const at::Tensor& lse_total, const at::Tensor& lse_class,
+                   const at::Tensor& cosines, const at::Tensor& rw, int64_t K, bool centers_grad, int64_t C,
+                   at::Tensor& grad_x, at::Tensor& grad_w) {
   const int64_t B = x.size(0), D = x.size(1), CK = w.size(1);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor rows = at::empty({2, B}, x.options());  // rx, g*T
-  at::Tensor rw = at::empty({CK}, x.options());
   at::Tensor G = at::empty({B, CK}, x.options());
   T* rx = rows.data_ptr<T>();
   T* gT = rx + B;
@@ -593,17 +594,18 @@ void backward_cuda(const at::Tensor& grad_loss, const at::Tensor& x, const at::T
                                                                   rx, gT);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
   {
-    EpiGrad<T> epi{G.data_ptr<T>(), targets.data_ptr<T>(), lse_total.data_ptr<T>(), lse_class.data_ptr<T>(), gT,
-                   grad_loss.data_ptr<T>(), scale.data_ptr<T>(), CK, C, K, B};
-    gemm_tile_kernel<T, false, true, false, true, EpiGrad<T>><<<gemm_grid(B, CK, 1), kThreads, 0, stream>>>(
-        x.data_ptr<T>(), D, 1, w.data_ptr<T>(), CK, 1, B, CK, D, D, rx, rw.data_ptr<T>(), nullptr, epi);
+    const int threads = 256;
+    const int64_t blocks = std::min<int64_t>((B * CK + threads - 1) / threads, int64_t(sms) * 8);
+    logit_grad_kernel<T><<<unsigned(blocks), threads, 0, stream>>>(
+        cosines.data_ptr<T>(), rw.data_ptr<T>(), targets.data_ptr<T>(), lse_total.data_ptr<T>(),
+        lse_class.data_ptr<T>(), gT, grad_loss.data_ptr<T>(), scale.data_ptr<T>(), B, CK, C, K, G.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   // dL/dxn = G W^T, split over the CK reduction so that enough blocks run.
   const int64_t tiles = ((B + kBM - 1) / kBM) * ((D + kBN - 1) / kBN);
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
   const int64_t ksteps = (CK + kBK - 1) / kBK;
   int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ksteps, (2 * sms + tiles - 1) / tiles));
   const int64_t k_split = ((ksteps + splits - 1) / splits) * kBK;
@@ -637,7 +639,7 @@ void backward_cuda(const at::Tensor& grad_loss, const at::Tensor& x, const at::T
 constexpr const char* kOp = "subcluster_adacos";
 constexpr const char* kOpBackward = "subcluster_adacos_backward";
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subcluster_adacos_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> subcluster_adacos_cuda(
     const at::Tensor& embeddings, const at::Tensor& centers, const at::Tensor& targets, double scale,
     int64_t n_subclusters, bool update_scale) {
   const int64_t C = check_subcluster_adacos_args(embeddings, centers, targets, n_subclusters);
@@ -646,24 +648,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> subcluster_adacos_cud
   const int64_t B = embeddings.size(0);
   const auto opts = embeddings.options();
   if (B == 0) {  // the reference's convention: loss 0, scale unchanged
-    return {at::zeros({}, opts), at::full({}, scale, opts), at::empty({0}, opts), at::empty({0, C}, opts)};
+    return {at::zeros({}, opts), at::full({}, scale, opts), at::empty({0}, opts), at::empty({0, C}, opts),
+            at::empty({0, centers.size(1)}, opts), empty_batch_col_inv_norms(centers)};
   }
   FASTASD_CHECK(B <= INT32_MAX, kOp, "embeddings", "has too many rows (", B, ")");
   at::Tensor loss = at::empty({}, opts), scale_out = at::empty({}, opts);
   at::Tensor lse_total = at::empty({B}, opts), lse_class = at::empty({B, C}, opts);
+  at::Tensor cosines = at::empty({B, centers.size(1)}, opts), rw = at::empty({centers.size(1)}, opts);
   AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "subcluster_adacos_cuda", [&] {
     forward_cuda<scalar_t>(embeddings, centers, targets, scale, n_subclusters, update_scale, C, loss, scale_out,
-                           lse_total, lse_class);
+                           lse_total, lse_class, cosines, rw);
   });
-  return {loss, scale_out, lse_total, lse_class};
+  return {loss, scale_out, lse_total, lse_class, cosines, rw};
 }
 
 std::tuple<at::Tensor, at::Tensor> subcluster_adacos_backward_cuda(
     const at::Tensor& grad_loss, const at::Tensor& embeddings, const at::Tensor& centers, const at::Tensor& targets,
-    const at::Tensor& scale, const at::Tensor& lse_total, const at::Tensor& lse_class, int64_t n_subclusters,
-    bool centers_grad) {
+    const at::Tensor& scale, const at::Tensor& lse_total, const at::Tensor& lse_class, const at::Tensor& cos,
+    const at::Tensor& col_inv_norms, int64_t n_subclusters, bool centers_grad) {
   const int64_t C = check_subcluster_adacos_backward_args(grad_loss, embeddings, centers, targets, scale, lse_total,
-                                                          lse_class, n_subclusters);
+                                                          lse_class, cos, col_inv_norms, n_subclusters);
   FASTASD_CHECK(embeddings.is_cuda(), kOpBackward, "embeddings", "must be a CUDA tensor here, got ",
                 embeddings.device());
   const c10::cuda::CUDAGuard guard(embeddings.device());
@@ -674,8 +678,8 @@ std::tuple<at::Tensor, at::Tensor> subcluster_adacos_backward_cuda(
   at::Tensor grad_x = at::empty_like(embeddings);
   at::Tensor grad_w = centers_grad ? at::empty_like(centers) : at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES(embeddings.scalar_type(), "subcluster_adacos_backward_cuda", [&] {
-    backward_cuda<scalar_t>(grad_loss, embeddings, centers, targets, scale, lse_total, lse_class, n_subclusters,
-                            centers_grad, C, grad_x, grad_w);
+    backward_cuda<scalar_t>(grad_loss, embeddings, centers, targets, scale, lse_total, lse_class, cos,
+                            col_inv_norms, n_subclusters, centers_grad, C, grad_x, grad_w);
   });
   return {grad_x, grad_w};
 }

@@ -21,11 +21,13 @@ int64_t check_subcluster_adacos_args(const at::Tensor& embeddings, const at::Ten
                                      const at::Tensor& targets, int64_t n_subclusters);
 }
 
-using Fwd = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                       const at::Tensor&, double, int64_t, bool);
+// loss, scale, lse_total, lse_class, cos, col_inv_norms
+using Fwd = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t, bool);
 using Bwd = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                               const at::Tensor&, int64_t, bool);
+                                               const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                               bool);
 
 static c10::TypedOperatorHandle<Fwd> fwd_op() {
   return c10::Dispatcher::singleton().findSchemaOrThrow("fastasd::subcluster_adacos", "").typed<Fwd>();
@@ -126,7 +128,7 @@ static void check_forward(int64_t B, int64_t D, int64_t C, int64_t K, at::Scalar
   at::Tensor x = at::randn({B, D}, at::kDouble), w = at::randn({D, C * K}, at::kDouble);
   at::Tensor t = mixup_targets(B, C);
   const double s0 = 11.0;
-  auto [loss, s, lt, lc] = fwd_op().call(x.to(dtype), w.to(dtype), t.to(dtype), s0, K, update);
+  auto [loss, s, lt, lc, cs, rw] = fwd_op().call(x.to(dtype), w.to(dtype), t.to(dtype), s0, K, update);
   const Expected e = direct(x, w, t, s0, K, update);
   // float32: the logits s*cos carry ~1e-7 * s relative error, the log-sum-exps inherit it.
   const double tol = dtype == at::kDouble ? 1e-10 : 2e-5 * (1 + std::abs(e.scale));
@@ -139,6 +141,14 @@ static void check_forward(int64_t B, int64_t D, int64_t C, int64_t K, at::Scalar
          max_abs_diff(lt, e.lse_total));
   EXPECT(max_abs_diff(lc, e.lse_class) <= tol, "B=%ld %s: lse_class off by %.3g", long(B), name,
          max_abs_diff(lc, e.lse_class));
+  // The outputs kept for the backward: the cosines and the inverse column norms.
+  at::Tensor rw_ref = w.pow(2).sum(0).sqrt().clamp_min(1e-12).reciprocal();
+  at::Tensor cos_ref = at::mm(x * x.pow(2).sum(1, true).sqrt().clamp_min(1e-12).reciprocal(), w * rw_ref);
+  const double ctol = dtype == at::kDouble ? 1e-12 : 2e-6;
+  EXPECT((cs.to(at::kDouble) - cos_ref).abs().max().item<double>() <= ctol, "B=%ld %s update=%d: cos off", long(B),
+         name, int(update));
+  EXPECT(((rw.to(at::kDouble) - rw_ref).abs() / rw_ref).max().item<double>() <= ctol, "B=%ld %s: col_inv_norms off",
+         long(B), name);
 }
 
 // Backward vs central differences of the float64 forward (update_scale=False: the scale is a
@@ -147,8 +157,8 @@ static void check_backward(int64_t B, int64_t D, int64_t C, int64_t K) {
   at::Tensor x = at::randn({B, D}, at::kDouble), w = at::randn({D, C * K}, at::kDouble);
   at::Tensor t = mixup_targets(B, C);
   const double s0 = 7.0, g = 1.3, h = 1e-6;
-  auto [loss, s, lt, lc] = fwd_op().call(x, w, t, s0, K, false);
-  auto [gx, gw] = bwd_op().call(at::scalar_tensor(g, at::kDouble), x, w, t, s, lt, lc, K, true);
+  auto [loss, s, lt, lc, cs, rw] = fwd_op().call(x, w, t, s0, K, false);
+  auto [gx, gw] = bwd_op().call(at::scalar_tensor(g, at::kDouble), x, w, t, s, lt, lc, cs, rw, K, true);
   auto numeric = [&](at::Tensor& p, int64_t i) {
     double* q = p.data_ptr<double>() + i;
     const double orig = *q;
@@ -164,7 +174,7 @@ static void check_backward(int64_t B, int64_t D, int64_t C, int64_t K) {
   for (int64_t i = 0; i < w.numel(); ++i) ew = std::max(ew, std::abs(numeric(w, i) - gw.view(-1)[i].item<double>()));
   EXPECT(ex <= 1e-7 && ew <= 1e-7, "B=%ld D=%ld C=%ld K=%ld: finite differences off by %.3g (x), %.3g (w)",
          long(B), long(D), long(C), long(K), ex, ew);
-  auto [gx2, gw2] = bwd_op().call(at::scalar_tensor(g, at::kDouble), x, w, t, s, lt, lc, K, false);
+  auto [gx2, gw2] = bwd_op().call(at::scalar_tensor(g, at::kDouble), x, w, t, s, lt, lc, cs, rw, K, false);
   EXPECT(at::allclose(gx2, gx) && gw2.numel() == 0, "centers_grad=false");
 }
 
@@ -182,8 +192,11 @@ int main() {
   check_backward(2, 5, 2, 3);
 
   // Empty batch: loss 0, scale unchanged.
-  auto [loss, s, lt, lc] = fwd_op().call(at::zeros({0, 4}), at::randn({4, 6}), at::zeros({0, 3}), 2.5, 2, true);
-  EXPECT(loss.item<double>() == 0 && s.item<double>() == 2.5 && lt.numel() == 0 && lc.size(1) == 3, "empty batch");
+  auto [loss, s, lt, lc, cs, rw] =
+      fwd_op().call(at::zeros({0, 4}), at::randn({4, 6}), at::zeros({0, 3}), 2.5, 2, true);
+  EXPECT(loss.item<double>() == 0 && s.item<double>() == 2.5 && lt.numel() == 0 && lc.size(1) == 3 &&
+             cs.size(0) == 0 && cs.size(1) == 6 && rw.size(0) == 6,
+         "empty batch");
 
   const std::string p = "fastasd::subcluster_adacos: ";
   at::Tensor x = at::randn({4, 6}), w = at::randn({6, 6}), t = at::zeros({4, 3});
@@ -197,11 +210,16 @@ int main() {
   expect_error([&] { fwd_op().call(x, w, t, 1.0, 0, false); }, p + "n_subclusters");
   expect_error([&] { fwd_op().call(at::randn({6, 4}).t(), w, t, 1.0, 2, false); }, p + "embeddings");
   expect_error([&] { fwd_op().call(x, at::randn({6, 6}).t(), t, 1.0, 2, false); }, p + "centers");
-  auto [l2, s2, lt2, lc2] = fwd_op().call(x, w, t, 1.0, 2, false);
+  auto [l2, s2, lt2, lc2, cs2, rw2] = fwd_op().call(x, w, t, 1.0, 2, false);
   const std::string pb = "fastasd::subcluster_adacos_backward: ";
-  expect_error([&] { bwd_op().call(at::scalar_tensor(1.0), x, w, t, s2, lt2.slice(0, 0, 3), lc2, 2, false); },
+  const at::Tensor one = at::scalar_tensor(1.0);
+  expect_error([&] { bwd_op().call(one, x, w, t, s2, lt2.slice(0, 0, 3), lc2, cs2, rw2, 2, false); },
                pb + "lse_total");
-  expect_error([&] { bwd_op().call(at::ones({1}), x, w, t, s2, lt2, lc2, 2, false); }, pb + "grad_loss");
+  expect_error([&] { bwd_op().call(at::ones({1}), x, w, t, s2, lt2, lc2, cs2, rw2, 2, false); }, pb + "grad_loss");
+  expect_error([&] { bwd_op().call(one, x, w, t, s2, lt2, lc2, cs2.slice(1, 0, 4).contiguous(), rw2, 2, false); },
+               pb + "cos");
+  expect_error([&] { bwd_op().call(one, x, w, t, s2, lt2, lc2, cs2, rw2.slice(0, 0, 5), 2, false); },
+               pb + "col_inv_norms");
 
   std::printf("%s: %d failure(s)\n", __FILE__, failures);
   return failures == 0 ? 0 : 1;

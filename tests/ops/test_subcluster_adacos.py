@@ -36,7 +36,7 @@ NAMES = ("loss", "scale", "grad embeddings", "grad centers")
 # --------------------------------------------------------------------------------------------
 def _native(emb, centers, targets, scale, K, update_scale):
     """(loss, scale) from the native op, with autograd (registered by fastasd.ops)."""
-    loss, s, _, _ = torch.ops.fastasd.subcluster_adacos(emb, centers, targets, scale, K, update_scale)
+    loss, s, *_ = torch.ops.fastasd.subcluster_adacos(emb, centers, targets, scale, K, update_scale)
     return loss, s
 
 
@@ -243,23 +243,55 @@ def test_cpu_opcheck():
         centers.requires_grad_(centers_grad)
         torch.library.opcheck(torch.ops.fastasd.subcluster_adacos.default, (emb, centers, targets, scale, 3, update))
     emb, centers, targets, scale = _inputs(5, 9, 4, 3, torch.float32, "cpu")
-    _, s, lt, lc = torch.ops.fastasd.subcluster_adacos(emb, centers, targets, scale, 3, False)
+    _, s, lt, lc, cs, rw = torch.ops.fastasd.subcluster_adacos(emb, centers, targets, scale, 3, False)
     for centers_grad in (False, True):
         torch.library.opcheck(torch.ops.fastasd.subcluster_adacos_backward.default,
-                              (torch.tensor(0.5), emb, centers, targets, s, lt, lc, 3, centers_grad))
+                              (torch.tensor(0.5), emb, centers, targets, s, lt, lc, cs, rw, 3, centers_grad))
 
 
-def test_cpu_backward_keeps_no_logit_sized_tensor():
-    """Fusion: nothing of size [B, C*K] is saved for the backward (inputs and row statistics only)."""
+@pytest.mark.parametrize("update", [False, True])
+@pytest.mark.parametrize("B,D,C,K", [(6, 10, 7, 3), (64, 256, 342, 16), (1, 1, 1, 1), (0, 5, 4, 2)])
+def test_cpu_saved_outputs_are_cosines_and_inverse_column_norms(B, D, C, K, update):
+    """The outputs kept for the backward: cos [B, C*K] = normalize(x) @ normalize(W) and
+    col_inv_norms [C*K] = 1 / max(|W_j|, 1e-12), float32 within 2e-6 absolute (|cos| <= 1) and
+    1e-6 relative against float64."""
+    emb, centers, targets, scale = _inputs(B, D, C, K, torch.float32, "cpu", kind="mixup")
+    centers[:, 0] = 0.0  # a zero column: its inverse norm is the clamp 1e12, its cosines 0
+    _, _, _, _, cs, rw = torch.ops.fastasd.subcluster_adacos(emb, centers, targets, scale, K, update)
+    ref_cos = reference.adacos_cosines(emb.double(), centers.double())
+    ref_rw = 1.0 / centers.double().norm(dim=0).clamp_min(1e-12)
+    assert cs.shape == (B, C * K) and rw.shape == (C * K,)
+    torch.testing.assert_close(cs.double(), ref_cos, rtol=0, atol=2e-6)
+    torch.testing.assert_close(rw.double(), ref_rw, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("update", [False, True])
+def test_cuda_saved_outputs_are_cosines_and_inverse_column_norms(cuda_device, update):
+    """As the CPU test above, on CUDA at the paper's size (same tolerances)."""
+    B, D, C, K = 64, 256, 342, 16
+    emb, centers, targets, scale = _inputs(B, D, C, K, torch.float32, cuda_device, kind="mixup")
+    _, _, _, _, cs, rw = torch.ops.fastasd.subcluster_adacos(emb, centers, targets, scale, K, update)
+    ref_cos = reference.adacos_cosines(emb.double(), centers.double())
+    ref_rw = 1.0 / centers.double().norm(dim=0).clamp_min(1e-12)
+    torch.testing.assert_close(cs.double(), ref_cos, rtol=0, atol=2e-6)
+    torch.testing.assert_close(rw.double(), ref_rw, rtol=1e-6, atol=0)
+
+
+def test_cpu_backward_keeps_no_exponentials():
+    """Fusion: the only [B, C*K] tensor saved for the backward is the cosines (no exponentials,
+    no logits, no probabilities)."""
     B, D, C, K = 6, 10, 7, 3
     emb, centers, targets, scale = _inputs(B, D, C, K, torch.float32, "cpu")
     emb.requires_grad_(True)
     saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         loss, s = ops.subcluster_adacos(emb, centers, targets, scale, K, True)
     assert not s.requires_grad
     loss.backward()
-    assert saved and (B, C * K) not in saved, saved
+    big = [t for t in saved if tuple(t.shape) == (B, C * K)]
+    assert len(big) == 1, [tuple(t.shape) for t in saved]
+    ref_cos = reference.adacos_cosines(emb.detach().double(), centers.double())
+    torch.testing.assert_close(big[0].double(), ref_cos, rtol=0, atol=2e-6)
 
 
 def test_cpu_torch_compile_fullgraph():
@@ -331,15 +363,20 @@ def test_bad_input_names_op_and_argument(case, make, arg):
 
 def test_backward_bad_input_names_op_and_argument():
     emb, centers, targets, scale = _inputs(4, 6, 3, 2, torch.float32, "cpu", seed=0)
-    _, s, lt, lc = torch.ops.fastasd.subcluster_adacos(emb, centers, targets, scale, 2, False)
+    _, s, lt, lc, cs, rw = torch.ops.fastasd.subcluster_adacos(emb, centers, targets, scale, 2, False)
     g = torch.tensor(1.0)
     cases = [
-        ((g, emb, centers, targets, s, lt[:3], lc, 2, False), "lse_total"),
-        ((g, emb, centers, targets, s, lt, lc[:, :2].contiguous(), 2, False), "lse_class"),
-        ((g, emb, centers, targets, s.reshape(1), lt, lc, 2, False), "scale"),
-        ((g.double(), emb, centers, targets, s, lt, lc, 2, False), "grad_loss"),
-        ((g, emb, centers, targets, s, lt, lc.t().contiguous().t(), 2, False), "lse_class"),
-        ((g, emb, centers[:, :4].contiguous(), targets, s, lt, lc, 2, False), "targets"),
+        ((g, emb, centers, targets, s, lt[:3], lc, cs, rw, 2, False), "lse_total"),
+        ((g, emb, centers, targets, s, lt, lc[:, :2].contiguous(), cs, rw, 2, False), "lse_class"),
+        ((g, emb, centers, targets, s.reshape(1), lt, lc, cs, rw, 2, False), "scale"),
+        ((g.double(), emb, centers, targets, s, lt, lc, cs, rw, 2, False), "grad_loss"),
+        ((g, emb, centers, targets, s, lt, lc.t().contiguous().t(), cs, rw, 2, False), "lse_class"),
+        ((g, emb, centers[:, :4].contiguous(), targets, s, lt, lc, cs, rw, 2, False), "targets"),
+        ((g, emb, centers, targets, s, lt, lc, cs[:, :4].contiguous(), rw, 2, False), "cos"),
+        ((g, emb, centers, targets, s, lt, lc, cs.t().contiguous().t(), rw, 2, False), "cos"),
+        ((g, emb, centers, targets, s, lt, lc, cs.double(), rw, 2, False), "cos"),
+        ((g, emb, centers, targets, s, lt, lc, cs, rw[:5], 2, False), "col_inv_norms"),
+        ((g, emb, centers, targets, s, lt, lc, cs, rw.reshape(1, -1), 2, False), "col_inv_norms"),
     ]
     for args, arg in cases:
         with pytest.raises(ValueError) as info:
@@ -421,10 +458,11 @@ def test_cuda_gradcheck_and_opcheck(cuda_device):
     for update in (False, True):
         torch.library.opcheck(torch.ops.fastasd.subcluster_adacos.default,
                               (emb.float(), centers.float(), targets.float(), scale, 2, update))
-    _, s, lt, lc = torch.ops.fastasd.subcluster_adacos(emb.detach(), centers.detach(), targets, scale, 2, False)
+    _, s, lt, lc, cs, rw = torch.ops.fastasd.subcluster_adacos(emb.detach(), centers.detach(), targets, scale, 2,
+                                                               False)
     torch.library.opcheck(torch.ops.fastasd.subcluster_adacos_backward.default,
                           (torch.tensor(0.5, dtype=torch.float64, device=cuda_device), emb.detach(),
-                           centers.detach(), targets, s, lt, lc, 2, True))
+                           centers.detach(), targets, s, lt, lc, cs, rw, 2, True))
 
 
 @pytest.mark.cuda
