@@ -8,7 +8,9 @@
   of WAV files (decode, shuffling, mixup, steps; a fresh model each call).
 * ``score_wav``: :func:`fastasd.score.score_inputs` on a synthetic DCASE root of WAV files
   (discovery, decode in the default worker setup, model, cosine backend); reported as clips/s.
-  The detector has untrained weights (timing does not depend on them), fitted backends.
+  The detector has untrained weights (timing does not depend on them), fitted backends. Ours
+  embeds with the network fused for inference (``Detector.inference_model``, fastasd/inference.py);
+  the reference, under ``FASTASD_BACKEND=reference``, with the plain ``EmbeddingNet``.
 
 The synthetic sets are band-limited noise written as 16-bit PCM WAV with DCASE 2022 names
 (decoding cost does not depend on the content). Each provider is checked on a small call first:

@@ -112,6 +112,8 @@ class Detector:
             raise ValueError(f"Detector: no threshold for section(s) {missing}")
         self.known_sections = {tuple(k.split("/", 1)) for k in keys}
         self.device = torch.device("cpu")
+        # member -> (weights fingerprint, inference module): see inference_model()
+        self._inference_cache: dict[int, tuple] = {}
         for m in self.models:
             m.eval()
         self.to(_default_device() if device is None else device)
@@ -129,6 +131,7 @@ class Detector:
         self.device = resolve_device(device)
         for m in self.models:
             m.to(self.device)
+        self._inference_cache = {}  # the fused modules hold copies of the weights on the old device
         return self
 
     @property
@@ -148,13 +151,41 @@ class Detector:
             x = x[:, :n] if x.shape[1] > n else torch.nn.functional.pad(x, (0, n - x.shape[1]))
         return x.to(self.device, dtype=torch.float32, non_blocking=True)
 
+    def inference_model(self, member: int = 0) -> torch.nn.Module:
+        """The module that embeds for ensemble member ``member`` when scoring.
+
+        With the native/auto backend this is the member's network fused for inference
+        (:func:`fastasd.inference.fuse_for_inference`: BatchNorms folded, faster on CPU, the same
+        embeddings up to float32 rounding), built on first use and cached. The cache is dropped by
+        :meth:`to` and the module is rebuilt whenever the member's weights or statistics change
+        (they are compared by :func:`fastasd.inference.weights_fingerprint` at every call). It is
+        the plain network itself with ``FASTASD_BACKEND=reference`` (the reference system stays
+        pure PyTorch end to end), with ``FASTASD_FUSED_INFERENCE=0``, and while the network is in
+        training mode (the fused module only knows eval statistics).
+        """
+        from fastasd.inference import fused_enabled, inference_module, weights_fingerprint
+
+        model = self.models[member]
+        if model.training or not fused_enabled():
+            return model
+        cache = self.__dict__.setdefault("_inference_cache", {})
+        fingerprint = weights_fingerprint(model)
+        hit = cache.get(member)
+        if hit is not None and fingerprint is not None and hit[0] == fingerprint:
+            return hit[1]
+        module = inference_module(model)
+        if fingerprint is not None:  # None: weights without version counters, never cached
+            cache[member] = (fingerprint, module)
+        return module
+
     @torch.inference_mode()
     def embed_waveforms(self, waveforms: torch.Tensor, *, member: int = 0, bf16: bool = False) -> torch.Tensor:
         """Embeddings ``[B, D]`` (float32, CPU) of waveforms ``[B, N]`` by ensemble member
         ``member`` (eval mode). ``N`` should be ``num_samples``; others are cropped/zero-padded at
-        the end. ``bf16``: bfloat16 autocast (the frontend stays float32)."""
+        the end. ``bf16``: bfloat16 autocast (the frontend stays float32). Runs
+        :meth:`inference_model` (the fused network unless the reference backend is selected)."""
         x = self._prepare(waveforms)
-        model = self.models[member]
+        model = self.inference_model(member)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
             emb = model(x)
         return emb.float().cpu()
@@ -350,13 +381,19 @@ def _read_json(path: Path, data: bytes):
 def _embed_clips(detector_models: Sequence[torch.nn.Module], clips: Sequence, config: Config,
                  device: torch.device, batch_size: int = 64, progress: bool | None = None,
                  errors: list | None = None) -> tuple[list[int], list[np.ndarray]]:
-    """Embed clips with every model (audio read once): ``(kept clip indices, [member -> [n, D]])``."""
+    """Embed clips with every model (audio read once): ``(kept clip indices, [member -> [n, D]])``.
+
+    The models are put in eval mode and run fused for inference (as :meth:`Detector.inference_model`:
+    not with ``FASTASD_BACKEND=reference`` or ``FASTASD_FUSED_INFERENCE=0``)."""
     from fastasd.data.dataset import iter_audio_batches
+    from fastasd.inference import fused_enabled, inference_module
 
     kept: list[int] = []
     parts: list[list[np.ndarray]] = [[] for _ in detector_models]
     for m in detector_models:
         m.eval()
+    if fused_enabled():
+        detector_models = [inference_module(m) for m in detector_models]
     with torch.inference_mode():
         for idx, waves in iter_audio_batches(clips, batch_size, config.num_samples,
                                              sample_rate=config.sample_rate, channel=config.channel,
