@@ -19,6 +19,7 @@ _LAZY = {
     "score": ("fastasd.api", "score"),
     "Detector": ("fastasd.api", "Detector"),
     "Config": ("fastasd.config", "Config"),
+    "tune_allocator": ("fastasd.allocator", "tune_allocator"),
 }
 
 

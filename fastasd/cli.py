@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("fastasd._backend", "show how the fastasd operators were built and which backend runs"),
 }
 
+# Commands whose tensors are large enough that glibc's mmap for every big block costs page faults
+# on every step (see fastasd/allocator.py; FASTASD_MALLOC_TUNING=0 turns the tuning off).
+_HEAVY_COMMANDS = ("demo", "train", "score")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from fastasd import __version__
@@ -58,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     module = importlib.import_module(args._module)
+    if args.command in _HEAVY_COMMANDS:
+        from fastasd.allocator import tune_allocator
+
+        tune_allocator()
     try:
         return int(module.run_cli(args) or 0)
     except KeyboardInterrupt:
