@@ -403,6 +403,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to select cases")
     p.add_argument("--no-ceilings", action="store_true", help="skip measuring the machine ceilings")
     p.add_argument("--note", default=None, help="a line for the top of the .md (e.g. the machine's state)")
+    p.add_argument("--tune-allocator", action="store_true",
+                   help="call fastasd.tune_allocator() first (glibc malloc settings the CLI uses for train/score; "
+                        "default: the library as imported)")
     return p.parse_args(argv)
 
 
@@ -446,6 +449,12 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tune_allocator:
+        from fastasd.allocator import tune_allocator
+
+        applied = tune_allocator()
+        args.note = "; ".join(filter(None, [args.note, "fastasd.tune_allocator() " + (
+            "applied (large blocks from glibc's heap)" if applied else "NOT applied (not glibc, or turned off)")]))
     if args.device == "cuda" and not torch.cuda.is_available():
         print(f"run.py: --device cuda but torch {torch.__version__} (CUDA {torch.version.cuda}) sees "
               f"no CUDA device", file=sys.stderr)
