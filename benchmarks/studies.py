@@ -401,6 +401,9 @@ def main(argv=None) -> int:
     p.add_argument("--clip-seconds", type=float, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from fastasd.allocator import tune_allocator
+
+    tune_allocator()  # as the CLI's train: large blocks from glibc's heap (a script owns its process)
     torch.manual_seed(0)
     if args.study in ("steps", "ensemble"):  # the demo's set (fastasd.demo.DEMO_SYNTH)
         defaults = dict(machine_types="fan,pump,gearbox,valve", sections=2, train_source=200,
