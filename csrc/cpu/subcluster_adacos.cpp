@@ -297,20 +297,17 @@ template <class V> FA_INLINE float exp_sum_impl(float* x, const float* f, float 
   return s;
 }
 
-// sums[c] = sum_{j in class c} exp(a x_j f_j - m) over C classes of K columns (f_j = 1 without f);
-// x is not written. scratch: C*K floats (used when K is not a multiple of the lane count).
+// sums[c] = sum_{j in class c} exp(a x_j - m) over C classes of K columns; x is not written.
+// scratch: C*K floats (used when K is not a multiple of the lane count).
 template <class V>
-FA_INLINE void class_sums_impl(const float* x, const float* f, float a, float m, int64_t C, int64_t K, float* sums,
-                               float* scratch) {
+FA_INLINE void class_sums_impl(const float* x, float a, float m, int64_t C, int64_t K, float* sums, float* scratch) {
   constexpr int L = Lanes<V>::n;
   const V va = vsplat<V>(a), vm = vsplat<V>(m);
   if (K % L == 0) {  // one vector accumulator per class
     for (int64_t c = 0; c < C; ++c) {
       V acc = vsplat<V>(0.0f);
       for (int64_t j = c * K; j < (c + 1) * K; j += L) {
-        V v = vload<V>(x + j);
-        if (f) v *= vload<V>(f + j);
-        acc += vexp(va * v - vm);
+        acc += vexp(va * vload<V>(x + j) - vm);
       }
       sums[c] = vhsum(acc);
     }
@@ -318,15 +315,9 @@ FA_INLINE void class_sums_impl(const float* x, const float* f, float a, float m,
   }
   const int64_t n = C * K;
   int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    V v = vload<V>(x + i);
-    if (f) v *= vload<V>(f + i);
-    vstore(scratch + i, vexp(va * v - vm));
-  }
+  for (; i + L <= n; i += L) vstore(scratch + i, vexp(va * vload<V>(x + i) - vm));
   if (i < n) {
-    V v = vload_tail<V>(x + i, n - i, 0.0f);
-    if (f) v *= vload_tail<V>(f + i, n - i, 0.0f);
-    const V e = vexp(va * v - vm);
+    const V e = vexp(va * vload_tail<V>(x + i, n - i, 0.0f) - vm);
     for (int64_t l = 0; l < n - i; ++l) scratch[i + l] = e[l];
   }
   for (int64_t c = 0; c < C; ++c) {
@@ -388,9 +379,9 @@ template <class V> FA_INLINE void add_squares_impl(float* acc, const float* x, i
   ATTR float exp_sum_##SUFFIX(float* x, const float* f, float a, float m, int64_t n) {                          \
     return exp_sum_impl<V>(x, f, a, m, n);                                                                      \
   }                                                                                                             \
-  ATTR void class_sums_##SUFFIX(const float* x, const float* f, float a, float m, int64_t C, int64_t K,          \
-                                float* sums, float* scratch) {                                                  \
-    class_sums_impl<V>(x, f, a, m, C, K, sums, scratch);                                                        \
+  ATTR void class_sums_##SUFFIX(const float* x, float a, float m, int64_t C, int64_t K, float* sums,           \
+                                float* scratch) {                                                               \
+    class_sums_impl<V>(x, a, m, C, K, sums, scratch);                                                           \
   }                                                                                                             \
   ATTR void log_inplace_##SUFFIX(float* v, int64_t n) { log_inplace_impl<V>(v, n); }                           \
   ATTR void softmax_grad_##SUFFIX(const float* x, const float* f, float s, float m, float c, float* o,          \
@@ -445,9 +436,8 @@ template <> struct Row<float> {
   static float exp_sum(float* x, const float* f, float a, float m, int64_t n) {
     return FA_DISPATCH(exp_sum, x, f, a, m, n);
   }
-  static void class_sums(const float* x, const float* f, float a, float m, int64_t C, int64_t K, float* sums,
-                         float* scratch) {
-    FA_DISPATCH(class_sums, x, f, a, m, C, K, sums, scratch);
+  static void class_sums(const float* x, float a, float m, int64_t C, int64_t K, float* sums, float* scratch) {
+    FA_DISPATCH(class_sums, x, a, m, C, K, sums, scratch);
   }
   static void log_inplace(float* v, int64_t n) { FA_DISPATCH(log_inplace, v, n); }
   static void softmax_grad(const float* x, const float* f, float s, float m, float c, float* o, int64_t n) {
@@ -482,11 +472,10 @@ template <> struct Row<double> {
     }
     return s;
   }
-  static void class_sums(const double* x, const double* f, double a, double m, int64_t C, int64_t K, double* sums,
-                         double*) {
+  static void class_sums(const double* x, double a, double m, int64_t C, int64_t K, double* sums, double*) {
     for (int64_t c = 0; c < C; ++c) {
       double acc = 0.0;
-      for (int64_t j = c * K; j < (c + 1) * K; ++j) acc += std::exp(a * (f ? x[j] * f[j] : x[j]) - m);
+      for (int64_t j = c * K; j < (c + 1) * K; ++j) acc += std::exp(a * x[j] - m);
       sums[c] = acc;
     }
   }
@@ -505,11 +494,11 @@ template <> struct Row<double> {
 
 template <typename T> inline T scaled_max(T a, T mn, T mx) { return a >= T(0) ? a * mx : a * mn; }
 
-// logsumexp_i(a x_i f_i) of one row segment (f_i = 1 without f), exactly (own maximum).
-template <typename T> inline double segment_lse(const T* x, const T* f, T a, int64_t n) {
+// logsumexp_i(a x_i) of one row segment, exactly (own maximum).
+template <typename T> inline double segment_lse(const T* x, T a, int64_t n) {
   std::vector<T> v(x, x + n);
   T mn, mx;
-  Row<T>::minmax(v.data(), f, n, &mn, &mx);
+  Row<T>::minmax(v.data(), nullptr, n, &mn, &mx);
   const T m = scaled_max(a, mn, mx);
   return double(m) + std::log(double(Row<T>::exp_sum(v.data(), nullptr, a, m, n)));
 }
@@ -541,18 +530,12 @@ template <typename T> void col_inv_norms(const T* w, int64_t D, int64_t N, T* in
   });
 }
 
-// cos = (x * rx) @ W; the column factor rw is applied by the row passes. Returns (xn, raw).
-template <typename T>
-std::pair<at::Tensor, at::Tensor> normalized_product(const at::Tensor& x, const at::Tensor& w, at::Tensor& rx,
-                                                     at::Tensor& rw) {
-  const int64_t B = x.size(0), D = x.size(1), N = w.size(1);
-  rx = at::empty({B}, x.options());
-  rw = at::empty({N}, x.options());
-  row_inv_norms<T>(x.data_ptr<T>(), B, D, rx.data_ptr<T>());
-  col_inv_norms<T>(w.data_ptr<T>(), D, N, rw.data_ptr<T>());
-  at::Tensor xn = x * rx.unsqueeze(1);
-  at::Tensor raw = at::mm(xn, w);
-  return {xn, raw};
+// xn = x * rx with rx = 1 / max(|x_b|, eps) (written to rx, [B]): the forward's and the backward's
+// row normalization.
+template <typename T> at::Tensor normalized_rows(const at::Tensor& x, at::Tensor& rx) {
+  rx = at::empty({x.size(0)}, x.options());
+  row_inv_norms<T>(x.data_ptr<T>(), x.size(0), x.size(1), rx.data_ptr<T>());
+  return x * rx.unsqueeze(1);
 }
 
 // Lower median (torch.median) of v; v is reordered.
@@ -598,17 +581,14 @@ void scale_stats_row(T* raw, const T* rw, const T* trow, T s_old, int64_t C, int
   *theta = acc * double(n_mixed);
 }
 
-// lse_class and lse_total of one row with scale s; returns sum_c t_c (lse_class_c - lse_total).
-// row: cosines (rw == nullptr) or raw products (cos_j = row_j rw_j; row may be overwritten with
-// the cosines).
-// sums: C scratch values, scratch: C*K scratch values.
+// lse_class and lse_total of one row of cosines with scale s; returns sum_c t_c (lse_class_c -
+// lse_total). sums: C scratch values, scratch: C*K scratch values.
 template <typename T>
-double class_lse_row(T* row, const T* rw, const T* trow, T s, int64_t C, int64_t K, T* lse_class, T* lse_total,
-                     T* sums, T* scratch) {
+double class_lse_row(T* row, const T* trow, T s, int64_t C, int64_t K, T* lse_class, T* lse_total, T* sums,
+                     T* scratch) {
   bool scaled;
-  const T m = logit_shift(row, rw, s, C * K, &scaled);
-  const T* f = scaled ? nullptr : rw;
-  Row<T>::class_sums(row, f, s, m, C, K, sums, scratch);
+  const T m = logit_shift(row, static_cast<const T*>(nullptr), s, C * K, &scaled);
+  Row<T>::class_sums(row, s, m, C, K, sums, scratch);
   double total = 0.0;
   for (int64_t c = 0; c < C; ++c) total += double(sums[c]);
   const double lt = double(m) + std::log(total);
@@ -618,7 +598,7 @@ double class_lse_row(T* row, const T* rw, const T* trow, T s, int64_t C, int64_t
   double acc = 0.0;
   for (int64_t c = 0; c < C; ++c) {
     // A class far below the shift: recompute with its own maximum.
-    lse_class[c] = sums[c] > Row<T>::kTiny ? lse_class[c] + m : T(segment_lse(row + c * K, f ? f + c * K : f, s, K));
+    lse_class[c] = sums[c] > Row<T>::kTiny ? lse_class[c] + m : T(segment_lse(row + c * K, s, K));
     if (trow[c] != T(0)) acc += double(trow[c]) * (double(lse_class[c]) - lt);
   }
   return acc;
@@ -629,9 +609,12 @@ using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at
 template <typename T>
 ForwardOut forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& targets, double scale, int64_t K,
                         bool update_scale, int64_t C) {
-  const int64_t B = x.size(0), CK = w.size(1);
-  at::Tensor rx, rw;
-  at::Tensor cos = normalized_product<T>(x, w, rx, rw).second;  // raw products; cosines after one pass
+  const int64_t B = x.size(0), D = x.size(1), CK = w.size(1);
+  at::Tensor rx;
+  at::Tensor rw = at::empty({CK}, x.options());
+  col_inv_norms<T>(w.data_ptr<T>(), D, CK, rw.data_ptr<T>());
+  // Raw products (xn W)[b, j]; the row passes scale them by rw_j into the cosines.
+  at::Tensor cos = at::mm(normalized_rows<T>(x, rx), w);
   T* cosp = cos.data_ptr<T>();
   const T* rwp = rw.data_ptr<T>();
   const T* tp = targets.data_ptr<T>();
@@ -666,8 +649,7 @@ ForwardOut forward_impl(const at::Tensor& x, const at::Tensor& w, const at::Tens
       T* row = cosp + b * CK;
       if (!update_scale)
         for (int64_t j = 0; j < CK; ++j) row[j] *= rwp[j];
-      row_loss[b] = class_lse_row(row, static_cast<const T*>(nullptr), tp + b * C, s, C, K, lcp + b * C, ltp + b,
-                                  sums.data(), scratch.data());
+      row_loss[b] = class_lse_row(row, tp + b * C, s, C, K, lcp + b * C, ltp + b, sums.data(), scratch.data());
     }
   });
   double total_loss = 0.0;
@@ -683,9 +665,8 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(double grad_loss, const at::Ten
                                                  const at::Tensor& lse_class, const at::Tensor& cos,
                                                  const at::Tensor& rw, int64_t K, bool centers_grad, int64_t C) {
   const int64_t B = x.size(0), D = x.size(1), CK = w.size(1);
-  at::Tensor rx = at::empty({B}, x.options());
-  row_inv_norms<T>(x.data_ptr<T>(), B, D, rx.data_ptr<T>());
-  at::Tensor xn = x * rx.unsqueeze(1);
+  at::Tensor rx;
+  at::Tensor xn = normalized_rows<T>(x, rx);
   at::Tensor G = at::empty({B, CK}, x.options());
   const T* cosp = cos.data_ptr<T>();
   T* Gp = G.data_ptr<T>();

@@ -204,9 +204,8 @@ template <typename T, bool A_FAST_M, bool B_FAST_N, bool ROWNORM, bool COLNORM, 
 __global__ void __launch_bounds__(kThreads)
 gemm_tile_kernel(const T* __restrict__ A, int64_t a_m, int64_t a_k, const T* __restrict__ Bm, int64_t b_k,
                  int64_t b_n, int64_t M, int64_t N, int64_t K, int64_t k_split,
-                 const T* __restrict__ row_scale_in,  // used when !ROWNORM (nullptr: 1)
-                 T* __restrict__ col_scale_out,       // COLNORM: written by blocks with y = z = 0
-                 int* __restrict__ zero_counters,     // block (0,0,0) zeroes two ints (or nullptr)
+                 T* __restrict__ col_scale_out,    // COLNORM: written by blocks with y = z = 0 (or nullptr)
+                 int* __restrict__ zero_counters,  // block (0,0,0) zeroes two ints (or nullptr)
                  Epi epi) {
   __shared__ __align__(16) T As[kBK][kBM + kPad];
   __shared__ __align__(16) T Bs[kBK][kBN + kPad];
@@ -301,8 +300,6 @@ gemm_tile_kernel(const T* __restrict__ A, int64_t a_m, int64_t a_k, const T* __r
       T ss = T(0);
       for (int p = 0; p < kThreads / kBM; ++p) ss += red_row[p][tid];
       f = inv_norm(ss);
-    } else if (row_scale_in != nullptr && m0 + tid < M) {
-      f = row_scale_in[m0 + tid];
     }
     row_fac[tid] = f;
   }
@@ -556,7 +553,7 @@ void forward_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& ta
   int* cnt = counters.data_ptr<int>();
 
   gemm_tile_kernel<T, false, true, true, true, EpiCos<T>><<<gemm_grid(B, CK, 1), kThreads, 0, stream>>>(
-      x.data_ptr<T>(), D, 1, w.data_ptr<T>(), CK, 1, B, CK, D, D, nullptr, rw.data_ptr<T>(), cnt,
+      x.data_ptr<T>(), D, 1, w.data_ptr<T>(), CK, 1, B, CK, D, D, rw.data_ptr<T>(), cnt,
       EpiCos<T>{cosines.data_ptr<T>(), CK});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
@@ -612,7 +609,7 @@ void backward_cuda(const at::Tensor& grad_loss, const at::Tensor& x, const at::T
   splits = (CK + k_split - 1) / k_split;
   at::Tensor partial = at::empty({splits, B, D}, x.options());
   gemm_tile_kernel<T, false, false, false, false, EpiStore<T>><<<gemm_grid(B, D, splits), kThreads, 0, stream>>>(
-      G.data_ptr<T>(), CK, 1, w.data_ptr<T>(), 1, CK, B, D, CK, k_split, nullptr, nullptr, nullptr,
+      G.data_ptr<T>(), CK, 1, w.data_ptr<T>(), 1, CK, B, D, CK, k_split, nullptr, nullptr,
       EpiStore<T>{partial.data_ptr<T>(), B, D});
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
@@ -626,7 +623,7 @@ void backward_cuda(const at::Tensor& grad_loss, const at::Tensor& x, const at::T
   if (centers_grad) {
     // P = xn^T G: A(m = d, k = b) = xn[b, d], B(k = b, n = j) = G[b, j].
     gemm_tile_kernel<T, true, true, false, false, EpiStore<T>><<<gemm_grid(D, CK, 1), kThreads, 0, stream>>>(
-        xn.data_ptr<T>(), 1, D, G.data_ptr<T>(), CK, 1, D, CK, B, B, nullptr, nullptr, nullptr,
+        xn.data_ptr<T>(), 1, D, G.data_ptr<T>(), CK, 1, D, CK, B, B, nullptr, nullptr,
         EpiStore<T>{grad_w.data_ptr<T>(), D, CK});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     col_project_kernel<T><<<unsigned((CK + 31) / 32), dim3(32, 8), 0, stream>>>(grad_w.data_ptr<T>(),
