@@ -41,6 +41,12 @@ def backend_name() -> str:
     return value
 
 
+def switch_on(env_var: str) -> bool:
+    """An on/off environment switch that is on unless set to 0, false, no or off (any case), read
+    at every call (FASTASD_FUSED_INFERENCE, FASTASD_MALLOC_TUNING)."""
+    return os.environ.get(env_var, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def build_info() -> dict | None:
     """What ``setup.py`` recorded when it built ``fastasd._C`` (None without a build)."""
     try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import sys
 
 logger = logging.getLogger(__name__)
@@ -26,7 +25,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["tune_allocator", "ENV_VAR"]
 
 ENV_VAR = "FASTASD_MALLOC_TUNING"
-_OFF = ("0", "false", "no", "off")
 # glibc's <malloc.h> parameter numbers
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -42,8 +40,10 @@ def tune_allocator() -> bool:
     were not applied: ``FASTASD_MALLOC_TUNING=0``, not Linux, or a C library without glibc's
     ``mallopt`` (e.g. musl). Never raises.
     """
+    from fastasd._backend import switch_on
+
     global _applied
-    if os.environ.get(ENV_VAR, "1").strip().lower() in _OFF:
+    if not switch_on(ENV_VAR):
         return False
     if _applied:
         return True

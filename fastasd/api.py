@@ -168,7 +168,7 @@ class Detector:
         model = self.models[member]
         if model.training or not fused_enabled():
             return model
-        cache = self.__dict__.setdefault("_inference_cache", {})
+        cache = self._inference_cache
         fingerprint = weights_fingerprint(model)
         hit = cache.get(member)
         if hit is not None and fingerprint is not None and hit[0] == fingerprint:

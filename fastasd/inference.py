@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 
 import torch
 import torch.nn as nn
@@ -62,7 +61,6 @@ __all__ = ["FusedEmbeddingNet", "fuse_for_inference", "fused_enabled", "inferenc
            "weights_fingerprint", "ENV_VAR"]
 
 ENV_VAR = "FASTASD_FUSED_INFERENCE"
-_OFF = ("0", "false", "no", "off")
 # CPU: the batch runs in chunks whose largest feature map stays below this many bytes (see
 # FusedEmbeddingNet.chunk_size), so that glibc serves every tensor from its heap (blocks above
 # 32 MiB are always fresh mmaps, i.e. page faults on every first touch) and caches stay warm.
@@ -73,11 +71,9 @@ def fused_enabled() -> bool:
     """Whether scoring should use the fused network: not when ``FASTASD_FUSED_INFERENCE`` is
     0/false/no/off, and not when ``FASTASD_BACKEND=reference`` (the reference system is the plain
     PyTorch network end to end). Read at every call, like ``FASTASD_BACKEND``."""
-    if os.environ.get(ENV_VAR, "1").strip().lower() in _OFF:
-        return False
-    from fastasd._backend import backend_name
+    from fastasd._backend import backend_name, switch_on
 
-    return backend_name() != "reference"
+    return switch_on(ENV_VAR) and backend_name() != "reference"
 
 
 # ---------------------------------------------------------------------------------- folding
