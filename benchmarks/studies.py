@@ -12,6 +12,10 @@ overrides, e.g. BatchNorm momentum) can be compared on the same data::
     python benchmarks/studies.py steps --train-source 60 --train-target 6 --tag cpu-bn \
         --steps 25,50,100,200,400,600,800 \
         --variant paper-bn:bn_momentum=0.01 --variant bn0.1:bn_momentum=0.1
+    # are the BatchNorm running averages the bottleneck? (each evaluation twice: as trained and
+    # with the statistics re-estimated on the training clips)
+    python benchmarks/studies.py steps --steps 270 --recalibrate-bn --tag bn-recal \
+        --variant seed0:seed=0 --variant seed1:seed=1 --variant seed2:seed=2
 
 ``table7``: the paper's Table 7 (standard vs presented design choices) on a larger synthetic set
 with the same step budget for both: "presented" = the paper's choices (linear spectrogram, fixed
@@ -130,6 +134,30 @@ def evaluate_model(model, config: Config, data) -> dict:
             "paper": dict(ev.paper), "eval_seconds": time.perf_counter() - t}
 
 
+@torch.no_grad()
+def recalibrated_batchnorm(model, waves: np.ndarray, batch: int, seed: int = 0):
+    """A copy of ``model`` whose BatchNorm running statistics are re-estimated on ``waves``
+    (no mixup): every statistic reset, then the equal-weight average of its batch statistics
+    over one shuffled pass of full batches (``momentum=None``). The weights are untouched.
+
+    This asks whether the exponential running averages (momentum 0.01) lag the weights after a
+    short training: if they did, the recalibrated model would score clearly better."""
+    import copy
+
+    m = copy.deepcopy(model)
+    for bn in m.modules():
+        if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+            bn.reset_running_stats()
+            bn.momentum = None
+    m.train()
+    dev = next(m.parameters()).device
+    order = np.random.default_rng(seed).permutation(len(waves))
+    batch = min(batch, len(waves))
+    for i in range(0, len(order) - batch + 1, batch):
+        m(torch.from_numpy(waves[order[i:i + batch]]).to(dev))
+    return m.eval()
+
+
 def baseline_score(root: Path) -> dict | None:
     """The simple baseline's figures on ``root`` (None if fastasd.baseline is missing)."""
     try:
@@ -142,8 +170,11 @@ def baseline_score(root: Path) -> dict | None:
     return {"official_score": ev.official_score, "official": dict(ev.official), "paper": dict(ev.paper)}
 
 
-def train_with_evals(config: Config, train_clips, data, eval_steps: list[int], member: int = 0) -> list[dict]:
-    """One training run of ``max(eval_steps)`` steps, evaluated after each of ``eval_steps``."""
+def train_with_evals(config: Config, train_clips, data, eval_steps: list[int], member: int = 0,
+                     recalibrate_bn: bool = False) -> list[dict]:
+    """One training run of ``max(eval_steps)`` steps, evaluated after each of ``eval_steps``
+    (with ``recalibrate_bn`` also with re-estimated BatchNorm statistics, under
+    ``"bn_recalibrated"``)."""
     from fastasd.train import train_model
 
     eval_steps = sorted(set(eval_steps))
@@ -156,6 +187,9 @@ def train_with_evals(config: Config, train_clips, data, eval_steps: list[int], m
         if step in eval_steps:
             train_time[0] += time.perf_counter() - last[0]
             r = evaluate_model(model, config, data)
+            if recalibrate_bn:
+                recal = recalibrated_batchnorm(model, data[0][1][:, :config.num_samples], config.batch_size)
+                r["bn_recalibrated"] = evaluate_model(recal, config, data)
             r.update(step=step, epoch=step / math.ceil(len(train_clips) / config.batch_size),
                      scale=float(loss_module.scale), train_seconds=train_time[0])
             results.append(r)
@@ -225,7 +259,7 @@ def run_steps(args) -> dict:
         cfg = base.replace(**overrides)
         logger.info("variant %s: %s", name, overrides)
         t = time.perf_counter()
-        res = train_with_evals(cfg, train_clips, data, steps)
+        res = train_with_evals(cfg, train_clips, data, steps, recalibrate_bn=args.recalibrate_bn)
         out["variants"][name] = {"overrides": overrides, "results": res, "seconds": time.perf_counter() - t}
     out["markdown"] = steps_markdown(out)
     return out
@@ -240,7 +274,7 @@ def steps_markdown(out: dict) -> str:
              f"section (source+target), {s['n_test']} test clips per section, {s['clip_seconds']:g} s clips "
              f"({s['n_train_clips']} training / {s['n_test_clips']} test clips in all); batch {cfg['batch_size']}, "
              f"lr {cfg['learning_rate']:g}, base preset `{out['preset']}`; "
-             f"one run per variant, seed {cfg['seed']}; CPU ({out['environment']['cpu_threads']} threads).",
+             f"one run per variant, seed {cfg['seed']} unless the variant sets one; CPU ({out['environment']['cpu_threads']} threads).",
              "",
              "| steps | epochs | " + " | ".join(f"{n}: official / mixed AUC / mixed pAUC" for n in names) + " |",
              "|---:|---:|" + "---|" * len(names)]
@@ -249,9 +283,17 @@ def steps_markdown(out: dict) -> str:
         cells = []
         for n in names:
             r = out["variants"][n]["results"][i]
-            cells.append(f"{pct(r['official_score'])} / {pct(r['paper']['auc_mixed'])} / {pct(r['paper']['pauc_mixed'])}")
+            cell = f"{pct(r['official_score'])} / {pct(r['paper']['auc_mixed'])} / {pct(r['paper']['pauc_mixed'])}"
+            if "bn_recalibrated" in r:
+                b = r["bn_recalibrated"]
+                cell += f" -> {pct(b['official_score'])} / {pct(b['paper']['auc_mixed'])} / {pct(b['paper']['pauc_mixed'])}"
+            cells.append(cell)
         lines.append(f"| {r0['step']} | {r0['epoch']:.1f} | " + " | ".join(cells) + " |")
     lines.append("")
+    if "bn_recalibrated" in first[0]:
+        lines.append("- `a -> b`: a = the model as trained (BatchNorm running averages, momentum "
+                     f"{cfg['bn_momentum']:g}); b = the same weights with every BatchNorm statistic "
+                     "re-estimated on the training clips without mixup (`--recalibrate-bn`).")
     for n in names:
         v = out["variants"][n]
         last = v["results"][-1]
@@ -392,6 +434,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", default="", help="extra config overrides k=v,k=v on the base preset")
     p.add_argument("--steps", default=None, help="steps: comma list of evaluation steps; table7: one budget")
     p.add_argument("--variant", action="append", help="steps study: name:k=v,k=v (repeatable)")
+    p.add_argument("--recalibrate-bn", action="store_true",
+                   help="steps study: also evaluate with BatchNorm statistics re-estimated on the training clips")
     p.add_argument("--members", type=int, default=5, help="ensemble study: number of members")
     p.add_argument("--machine-types", default=None)
     p.add_argument("--sections", type=int, default=None)

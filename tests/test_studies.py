@@ -1,0 +1,43 @@
+"""The study scripts' own helpers (benchmarks/studies.py)."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastasd.model import EmbeddingNet
+from tiny import tiny_config
+
+_SPEC = importlib.util.spec_from_file_location(
+    "studies", Path(__file__).resolve().parents[1] / "benchmarks" / "studies.py")
+studies = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(studies)
+
+
+def test_recalibrated_batchnorm_averages_batch_statistics():
+    """The re-estimated input BatchNorm holds the equal-weight mean of the per-batch means and
+    (unbiased) variances of the normalized spectrogram over the full batches of the shuffled pass;
+    the weights and the original model are untouched. Tolerance 1e-5 relative (float32 sums)."""
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = EmbeddingNet(cfg).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    waves = np.random.default_rng(1).standard_normal((11, cfg.num_samples)).astype(np.float32)
+    recal = studies.recalibrated_batchnorm(model, waves, batch=4, seed=3)
+
+    order = np.random.default_rng(3).permutation(11)[:8]  # two full batches; the last 3 are left out
+    means, variances = [], []
+    with torch.no_grad():
+        for part in (order[:4], order[4:8]):
+            spec, _ = model.frontend(torch.from_numpy(waves[part]))
+            x = spec.squeeze(1)  # [B, T, F]: statistics over batch and time, per bin
+            means.append(x.mean(dim=(0, 1)))
+            variances.append(x.var(dim=(0, 1), unbiased=True))
+    bn = recal.spectrogram_branch.input_bn
+    torch.testing.assert_close(bn.running_mean, torch.stack(means).mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, torch.stack(variances).mean(0), rtol=1e-5, atol=1e-6)
+    assert not recal.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for name, p in recal.named_parameters():
+        assert torch.equal(p, dict(model.named_parameters())[name]), name
