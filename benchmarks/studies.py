@@ -16,6 +16,11 @@ overrides, e.g. BatchNorm momentum) can be compared on the same data::
     # with the statistics re-estimated on the training clips)
     python benchmarks/studies.py steps --steps 270 --recalibrate-bn --tag bn-recal \
         --variant seed0:seed=0 --variant seed1:seed=1 --variant seed2:seed=2
+    # other backends on the same embeddings (the backend settings only: evaluated side by side)
+    python benchmarks/studies.py steps --steps 270 --tag backends \
+        --variant seed0:seed=0 --variant seed1:seed=1 --variant seed2:seed=2 \
+        --backend-variant kmeans-all:kmeans_on=all --backend-variant every-source-clip:n_clusters=1000 \
+        --backend-variant gmm:backend=gmm
 
 ``table7``: the paper's Table 7 (standard vs presented design choices) on a larger synthetic set
 with the same step budget for both: "presented" = the paper's choices (linear spectrogram, fixed
@@ -57,6 +62,9 @@ from fastasd._io import atomic_write_json, atomic_write_text  # noqa: E402
 from fastasd.config import PRESETS, Config  # noqa: E402
 
 logger = logging.getLogger("studies")
+
+# Config fields a --backend-variant may change: they act after the embeddings are computed.
+BACKEND_FIELDS = frozenset({"backend", "n_clusters", "kmeans_on", "gmm_components", "gmm_reg"})
 
 PAPER_ROWS = (("source", "auc_source", "pauc_source"), ("target", "auc_target", "pauc_target"),
               ("mixed", "auc_mixed", "pauc_mixed"))
@@ -111,8 +119,10 @@ def embed(model, waves: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(out, axis=0)
 
 
-def evaluate_model(model, config: Config, data) -> dict:
-    """Fit the backend on the training embeddings, score the test clips, evaluate."""
+def evaluate_model(model, config: Config, data, backend_variants: dict | None = None) -> dict:
+    """Fit the backend on the training embeddings, score the test clips, evaluate. Each of
+    ``backend_variants`` (name -> backend overrides of ``config``) is evaluated on the same
+    embeddings too, under ``"backends"``."""
     from fastasd.backend import make_backend
     from fastasd.metrics import evaluate_records
 
@@ -124,14 +134,21 @@ def evaluate_model(model, config: Config, data) -> dict:
     te = embed(model, test_waves)
     keys = [f"{c.machine_type}/{c.section}" for c in train_clips]
     doms = ["target" if c.domain == "target" else "source" for c in train_clips]
-    backend = make_backend(config).fit(tr, keys, doms)
-    scores = backend.score_samples(te, [f"{c.machine_type}/{c.section}" for c in test_clips])
-    records = [{"file_name": c.file_name, "machine_type": c.machine_type, "section": c.section,
-                "domain": c.domain, "label": c.label, "score": float(s)}
-               for c, s in zip(test_clips, scores)]
-    ev = evaluate_records(records)
-    return {"official_score": ev.official_score, "official": dict(ev.official),
-            "paper": dict(ev.paper), "eval_seconds": time.perf_counter() - t}
+    test_keys = [f"{c.machine_type}/{c.section}" for c in test_clips]
+
+    def figures(cfg: Config) -> dict:
+        scores = make_backend(cfg).fit(tr, keys, doms).score_samples(te, test_keys)
+        records = [{"file_name": c.file_name, "machine_type": c.machine_type, "section": c.section,
+                    "domain": c.domain, "label": c.label, "score": float(s)}
+                   for c, s in zip(test_clips, scores)]
+        ev = evaluate_records(records)
+        return {"official_score": ev.official_score, "official": dict(ev.official), "paper": dict(ev.paper)}
+
+    out = figures(config)
+    if backend_variants:
+        out["backends"] = {name: figures(config.replace(**over)) for name, over in backend_variants.items()}
+    out["eval_seconds"] = time.perf_counter() - t
+    return out
 
 
 @torch.no_grad()
@@ -171,10 +188,11 @@ def baseline_score(root: Path) -> dict | None:
 
 
 def train_with_evals(config: Config, train_clips, data, eval_steps: list[int], member: int = 0,
-                     recalibrate_bn: bool = False) -> list[dict]:
+                     recalibrate_bn: bool = False, backend_variants: dict | None = None) -> list[dict]:
     """One training run of ``max(eval_steps)`` steps, evaluated after each of ``eval_steps``
     (with ``recalibrate_bn`` also with re-estimated BatchNorm statistics, under
-    ``"bn_recalibrated"``)."""
+    ``"bn_recalibrated"``; with ``backend_variants`` also with those backends, under
+    ``"backends"``)."""
     from fastasd.train import train_model
 
     eval_steps = sorted(set(eval_steps))
@@ -186,7 +204,7 @@ def train_with_evals(config: Config, train_clips, data, eval_steps: list[int], m
     def on_step(step, model, loss_module):
         if step in eval_steps:
             train_time[0] += time.perf_counter() - last[0]
-            r = evaluate_model(model, config, data)
+            r = evaluate_model(model, config, data, backend_variants)
             if recalibrate_bn:
                 recal = recalibrated_batchnorm(model, data[0][1][:, :config.num_samples], config.batch_size)
                 r["bn_recalibrated"] = evaluate_model(recal, config, data)
@@ -252,14 +270,20 @@ def run_steps(args) -> dict:
     train_clips = data[0][0]
     steps = [int(s) for s in args.steps.split(",")]
     variants = [parse_variant(v) for v in (args.variant or ["preset:"])]
+    backend_variants = dict(parse_variant(v) for v in (args.backend_variant or []))
+    bad = sorted(k for over in backend_variants.values() for k in over if k not in BACKEND_FIELDS)
+    if bad:
+        raise SystemExit(f"--backend-variant: {bad} are not backend settings ({sorted(BACKEND_FIELDS)})")
     out = {"study": "steps", "preset": args.preset, "command": " ".join(sys.argv), "environment": environment(),
            "synth": {**sizes, "seed": args.data_seed, "n_train_clips": len(train_clips), "n_test_clips": len(data[1][0])},
-           "base_config": base.to_dict(), "steps": steps, "variants": {}, "baseline": baseline_score(root)}
+           "base_config": base.to_dict(), "steps": steps, "variants": {}, "baseline": baseline_score(root),
+           "backend_variants": backend_variants}
     for name, overrides in variants:
         cfg = base.replace(**overrides)
         logger.info("variant %s: %s", name, overrides)
         t = time.perf_counter()
-        res = train_with_evals(cfg, train_clips, data, steps, recalibrate_bn=args.recalibrate_bn)
+        res = train_with_evals(cfg, train_clips, data, steps, recalibrate_bn=args.recalibrate_bn,
+                               backend_variants=backend_variants)
         out["variants"][name] = {"overrides": overrides, "results": res, "seconds": time.perf_counter() - t}
     out["markdown"] = steps_markdown(out)
     return out
@@ -300,6 +324,20 @@ def steps_markdown(out: dict) -> str:
         lines.append(f"- `{n}` ({', '.join(f'{k}={val}' for k, val in v['overrides'].items()) or 'preset'}): "
                      f"{last['train_seconds']:.0f} s of training for {last['step']} steps "
                      f"({last['train_seconds'] / last['step']:.2f} s/step), {v['seconds']:.0f} s with evaluations.")
+    if "backends" in first[0]:
+        lines += ["", "Backends on the same embeddings (official score; the three official figures: AUC "
+                  "source / AUC target / pAUC; the paper's AUC source / target / mixed), %:", "",
+                  "| variant | steps | backend | official | off. AUC src / tgt / pAUC | paper AUC src / tgt / mixed |",
+                  "|---|---:|---|---:|---|---|"]
+        for n in names:
+            for r in out["variants"][n]["results"]:
+                for bname, f in [("as configured", r)] + list(r["backends"].items()):
+                    o, pp = f["official"], f["paper"]
+                    lines.append(f"| {n} | {r['step']} | {bname} | {pct(f['official_score'])} | "
+                                 f"{pct(o['auc_source'])} / {pct(o['auc_target'])} / {pct(o['pauc'])} | "
+                                 f"{pct(pp['auc_source'])} / {pct(pp['auc_target'])} / {pct(pp['auc_mixed'])} |")
+        lines += ["", "- backend variants: " + "; ".join(
+            f"`{k}`: {', '.join(f'{a}={b}' for a, b in v.items())}" for k, v in out["backend_variants"].items()) + "."]
     b = out.get("baseline")
     if b:
         lines.append(f"- simple baseline (mean log-spectrum nearest neighbour) on the same data: official "
@@ -434,6 +472,9 @@ def main(argv=None) -> int:
     p.add_argument("--set", default="", help="extra config overrides k=v,k=v on the base preset")
     p.add_argument("--steps", default=None, help="steps: comma list of evaluation steps; table7: one budget")
     p.add_argument("--variant", action="append", help="steps study: name:k=v,k=v (repeatable)")
+    p.add_argument("--backend-variant", action="append",
+                   help="steps study: name:k=v,k=v of backend settings, also evaluated on the same "
+                        "embeddings at every evaluation (repeatable)")
     p.add_argument("--recalibrate-bn", action="store_true",
                    help="steps study: also evaluate with BatchNorm statistics re-estimated on the training clips")
     p.add_argument("--members", type=int, default=5, help="ensemble study: number of members")

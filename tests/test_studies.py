@@ -41,3 +41,26 @@ def test_recalibrated_batchnorm_averages_batch_statistics():
         assert torch.equal(v, before[k]), k
     for name, p in recal.named_parameters():
         assert torch.equal(p, dict(model.named_parameters())[name]), name
+
+
+def test_backend_variants_are_evaluated_on_the_same_embeddings(tmp_path):
+    """evaluate_model with backend variants: the configured result is unchanged, and each variant
+    equals a separate evaluation with that backend (same model, same embeddings)."""
+    from fastasd.data.synth import generate
+    from tiny import TINY
+
+    generate(tmp_path, seed=3, **TINY)
+    cfg = tiny_config()
+    data = (studies.load_split(tmp_path, "train", cfg), studies.load_split(tmp_path, "test", cfg))
+    torch.manual_seed(0)
+    model = EmbeddingNet(cfg).eval()
+    variants = {"gmm": {"backend": "gmm", "gmm_components": 2}, "all": {"kmeans_on": "all", "n_clusters": 3}}
+    both = studies.evaluate_model(model, cfg, data, variants)
+    alone = studies.evaluate_model(model, cfg, data)
+    assert both["official"] == alone["official"] and both["paper"] == alone["paper"]
+    assert set(both["backends"]) == set(variants)
+    for name, over in variants.items():
+        direct = studies.evaluate_model(model, cfg.replace(**over), data)
+        assert both["backends"][name]["official"] == direct["official"], name
+        assert both["backends"][name]["paper"] == direct["paper"], name
+    assert "backends" not in alone
