@@ -184,11 +184,11 @@ def test_train_cli_end_to_end(tiny_clips, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "known gap (issue 3 open): on our synthetic data the paper's system does not beat the "
+    "known gap (issue 3): on our synthetic data the paper's system does not beat the "
     "mean-spectrum baseline within a CPU budget; measured 2026-11-24 on CPU, seed 0, demo set: "
     "model 0.577 vs baseline 0.672 official score (benchmarks/results/demo_cpu.md, "
-    "steps_curve_cpu.md). strict: once a preset beats the baseline this XPASS fails, and the "
-    "marker must go."))
+    "steps_curve_cpu.md, steps_curve_bn-recal.md, steps_curve_backends.md). strict: once a "
+    "preset beats the baseline this XPASS fails, and the marker must go."))
 def test_training_beats_baseline(tmp_path):
     """End to end on a small synthetic set: the demo preset's model must beat the simple
     baseline's official score by at least MARGIN (absolute, in score units of [0, 1]).
