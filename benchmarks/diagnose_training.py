@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import studies  # noqa: E402
-from fastasd.backend import make_backend  # noqa: E402
 from fastasd.config import Config  # noqa: E402
 from fastasd.data.labels import ClassEncoder, class_key  # noqa: E402
 from fastasd.data.layout import discover  # noqa: E402
@@ -59,9 +58,7 @@ def main(argv: list[str]) -> int:
 
     def report(step, model, loss_module):
         tr, te = studies.embed(model, train_waves), studies.embed(model, test_waves)
-        backend = make_backend(cfg).fit(tr, [f"{c.machine_type}/{c.section}" for c in train],
-                                        [c.domain for c in train])
-        sc = backend.score_samples(te, [f"{c.machine_type}/{c.section}" for c in test])
+        sc = studies.backend_scores(cfg, tr, train, te, test)
         centers = torch.nn.functional.normalize(loss_module.centers.detach().float(), dim=0)
         emb = torch.nn.functional.normalize(torch.from_numpy(te), dim=1)
         pred = (emb @ centers).view(len(te), -1, cfg.n_subclusters).amax(-1).argmax(1).numpy()

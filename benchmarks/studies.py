@@ -119,11 +119,22 @@ def embed(model, waves: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(out, axis=0)
 
 
+def backend_scores(config: Config, train_embs: np.ndarray, train_clips, test_embs: np.ndarray,
+                   test_clips) -> np.ndarray:
+    """The anomaly scores of the test clips: ``config``'s backend fitted on the training
+    embeddings with the sections and domains ``fastasd.api.fit_detector`` uses."""
+    from fastasd.api import _backend_domain, section_key
+    from fastasd.backend import make_backend
+
+    backend = make_backend(config).fit(train_embs, [section_key(c.machine_type, c.section) for c in train_clips],
+                                       [_backend_domain(c.domain) for c in train_clips])
+    return backend.score_samples(test_embs, [section_key(c.machine_type, c.section) for c in test_clips])
+
+
 def evaluate_model(model, config: Config, data, backend_variants: dict | None = None) -> dict:
     """Fit the backend on the training embeddings, score the test clips, evaluate. Each of
     ``backend_variants`` (name -> backend overrides of ``config``) is evaluated on the same
     embeddings too, under ``"backends"``."""
-    from fastasd.backend import make_backend
     from fastasd.metrics import evaluate_records
 
     (train_clips, train_waves), (test_clips, test_waves) = data
@@ -132,12 +143,9 @@ def evaluate_model(model, config: Config, data, backend_variants: dict | None = 
     t = time.perf_counter()
     tr = embed(model, train_waves)
     te = embed(model, test_waves)
-    keys = [f"{c.machine_type}/{c.section}" for c in train_clips]
-    doms = ["target" if c.domain == "target" else "source" for c in train_clips]
-    test_keys = [f"{c.machine_type}/{c.section}" for c in test_clips]
 
     def figures(cfg: Config) -> dict:
-        scores = make_backend(cfg).fit(tr, keys, doms).score_samples(te, test_keys)
+        scores = backend_scores(cfg, tr, train_clips, te, test_clips)
         records = [{"file_name": c.file_name, "machine_type": c.machine_type, "section": c.section,
                     "domain": c.domain, "label": c.label, "score": float(s)}
                    for c, s in zip(test_clips, scores)]
