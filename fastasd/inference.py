@@ -53,7 +53,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fastasd.model import EmbeddingNet, SpectrogramBranch, SpectrumBranch, _ResBlock, _SameConv, same_padding
+from fastasd.model import (EmbeddingNet, SpectrogramBranch, SpectrumBranch, _ResBlock, _SameConv,
+                           combine_embeddings, same_padding)
 
 logger = logging.getLogger(__name__)
 
@@ -322,11 +323,7 @@ class FusedEmbeddingNet(nn.Module):
             embs.append(self.spectrum_branch(spectrum))
         if self.spectrogram_branch is not None:
             embs.append(self.spectrogram_branch(spec))
-        if len(embs) == 1:
-            return embs[0]
-        if self.config.combine == "add":
-            return embs[0] + embs[1]
-        return torch.cat(embs, dim=1)
+        return combine_embeddings(embs, self.config.combine)
 
 
 def _largest_map_bytes(model: EmbeddingNet, dtype: torch.dtype) -> int:

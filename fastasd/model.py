@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from fastasd.config import Config
 from fastasd.frontend import Frontend, spectrogram_size, spectrum_size
 
-__all__ = ["EmbeddingNet", "SpectrogramBranch", "SpectrumBranch", "l2_penalty", "same_padding"]
+__all__ = ["EmbeddingNet", "SpectrogramBranch", "SpectrumBranch", "combine_embeddings", "l2_penalty", "same_padding"]
 
 _HIDDEN = 128  # width of the spectrum branch's dense layers (paper, Tab. 2)
 
@@ -194,6 +194,16 @@ def _put(feats: dict | None, name: str, x: torch.Tensor) -> None:
         feats[name] = x
 
 
+def combine_embeddings(embs: list[torch.Tensor], combine: str) -> torch.Tensor:
+    """The file's embedding from the branch embeddings (spectrum first, then spectrogram): the one
+    branch's alone, their sum (``combine="add"``) or their concatenation."""
+    if len(embs) == 1:
+        return embs[0]
+    if combine == "add":
+        return embs[0] + embs[1]
+    return torch.cat(embs, dim=1)
+
+
 class EmbeddingNet(nn.Module):
     """Frontend + branches: waveforms ``[B, num_samples]`` -> embeddings ``[B, embedding_dim]``.
 
@@ -241,11 +251,7 @@ class EmbeddingNet(nn.Module):
             embs.append(self.spectrum_branch(spectrum, feats))
         if self.spectrogram_branch is not None:
             embs.append(self.spectrogram_branch(spec, feats))
-        if len(embs) == 1:
-            return embs[0]
-        if self.config.combine == "add":
-            return embs[0] + embs[1]
-        return torch.cat(embs, dim=1)
+        return combine_embeddings(embs, self.config.combine)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         """``waveforms [B, num_samples]`` (float) -> embeddings ``[B, embedding_dim]``."""
