@@ -19,6 +19,8 @@ _LAZY = {
     "score": ("fastasd.api", "score"),
     "Detector": ("fastasd.api", "Detector"),
     "Config": ("fastasd.config", "Config"),
+    "export_onnx": ("fastasd.export", "export_onnx"),
+    "load_onnx": ("fastasd.export", "load_onnx"),
     "tune_allocator": ("fastasd.allocator", "tune_allocator"),
 }
 

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("fastasd.data.synth", "write a synthetic DCASE-style machine-sound dataset"),
     "train": ("fastasd.train", "train a detector on a DCASE-layout dataset"),
     "score": ("fastasd.score", "score audio files, folders, archives or a DCASE root"),
+    "export": ("fastasd.export", "export a trained model to one ONNX graph (waveform -> anomaly score)"),
     "evaluate": ("fastasd.evaluate", "compute AUC/pAUC and the official score of submission files"),
     "baseline": ("fastasd.baseline", "mean log-spectrum + nearest-neighbour baseline scores"),
     "info": ("fastasd._backend", "show how the fastasd operators were built and which backend runs"),

@@ -87,17 +87,26 @@ class Frontend(nn.Module):
             spec = spectrum = None
             if self.use_spectrogram:
                 if self.logmel:
-                    mag = ops.stft_magnitude(w, cfg.n_fft, cfg.hop, False)
+                    mag = self.stft_magnitude(w, False)
                     mel = (mag * mag) @ self.mel_weights
                     spec = 10.0 * torch.log10(torch.clamp(mel, min=_LOGMEL_FLOOR))
                     if cfg.temporal_normalization:
                         spec = spec - spec.mean(dim=1, keepdim=True)
                 else:
-                    spec = ops.stft_magnitude(w, cfg.n_fft, cfg.hop, cfg.temporal_normalization)
+                    spec = self.stft_magnitude(w, cfg.temporal_normalization)
                 spec = spec.unsqueeze(1)  # [B, 1, T, F]
             if self.use_spectrum:
-                spectrum = torch.fft.rfft(w, dim=1).abs()[:, : w.shape[1] // 2]
+                spectrum = self.full_spectrum(w)
         return spec, spectrum
+
+    def stft_magnitude(self, w: torch.Tensor, normalize: bool) -> torch.Tensor:
+        """``[B, T, n_fft // 2 + 1]`` magnitude STFT of ``w`` (:func:`fastasd.ops.stft_magnitude`).
+        Subclasses may compute it otherwise (the ONNX export: :mod:`fastasd.export`)."""
+        return ops.stft_magnitude(w, self.config.n_fft, self.config.hop, normalize)
+
+    def full_spectrum(self, w: torch.Tensor) -> torch.Tensor:
+        """``[B, N // 2]`` magnitude spectrum of the whole clip (the first ``N // 2`` rfft bins)."""
+        return torch.fft.rfft(w, dim=1).abs()[:, : w.shape[1] // 2]
 
     def extra_repr(self) -> str:
         c = self.config

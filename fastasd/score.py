@@ -441,6 +441,49 @@ def _unknown_reason(src: AudioSource) -> str:
     return reason
 
 
+def _scored_batches(detector, todo: list[AudioSource], *, batch_size: int, num_workers: int | None,
+                    bf16: bool) -> Iterator[tuple[list[dict], list[tuple[AudioSource, str]]]]:
+    """Run the pipeline on ``todo``: per batch, ``(records, [(source, reason) not decoded])``.
+
+    The one loop of decoding and scoring that :func:`score_inputs` and :func:`watch_inputs`
+    share; the pipeline is closed when the generator ends or is closed."""
+    if not todo:
+        return
+    device = _device_of(detector)
+    if num_workers is None:
+        num_workers = default_num_workers(device.type == "cuda")
+    if device.type == "cuda" and device.index is not None:
+        import torch
+
+        torch.cuda.set_device(device)  # else pinned buffers open a context on cuda:0 in every rank
+    pipeline = _Pipeline(
+        todo, batch_size=batch_size, num_workers=num_workers, num_samples=int(detector.num_samples),
+        sample_rate=int(detector.sample_rate), channel=_channel_of(detector),
+        pin_memory=device.type == "cuda",
+    )
+    try:
+        for batch in pipeline:
+            records = []
+            if batch.sources:
+                x = pipeline.buffers[batch.buffer][: len(batch.sources)]
+                if device.type != "cpu":
+                    x = x.to(device, non_blocking=True)
+                scores, decisions = detector.score_waveforms(
+                    x, [s.machine_type for s in batch.sources], [s.section for s in batch.sources],
+                    bf16=bf16)
+                # The buffer may be refilled as soon as the scores are back (they are on the host).
+                pipeline.release(batch)
+                for src, score, dec in zip(batch.sources, scores, decisions):
+                    records.append({
+                        "file": src.name, "file_name": src.file_name, "machine_type": src.machine_type,
+                        "section": src.section, "domain": src.domain, "label": src.label,
+                        "score": float(score), "decision": int(dec),
+                    })
+            yield records, batch.errors
+    finally:
+        pipeline.close()
+
+
 def score_inputs(
     detector,
     inputs,
@@ -565,54 +608,23 @@ def score_inputs(
 
     bar = tqdm(total=len(todo), unit="clip", desc="scoring" if n == 1 else f"scoring {i}/{n}",
                disable=show_bar if show_bar is None else not show_bar, smoothing=0.05, dynamic_ncols=True)
-    device = _device_of(detector)
-    pipeline = None
     try:
-        if todo:
-            if num_workers is None:
-                num_workers = default_num_workers(device.type == "cuda")
-            if device.type == "cuda" and device.index is not None:
-                import torch
-
-                torch.cuda.set_device(device)  # else pinned buffers open a context on cuda:0 in every rank
-            pipeline = _Pipeline(
-                todo, batch_size=batch_size, num_workers=num_workers, num_samples=int(detector.num_samples),
-                sample_rate=int(detector.sample_rate), channel=_channel_of(detector),
-                pin_memory=device.type == "cuda",
-            )
-            for batch in pipeline:
-                records = []
-                if batch.sources:
-                    x = pipeline.buffers[batch.buffer][: len(batch.sources)]
-                    if device.type != "cpu":
-                        x = x.to(device, non_blocking=True)
-                    scores, decisions = detector.score_waveforms(
-                        x, [s.machine_type for s in batch.sources], [s.section for s in batch.sources],
-                        bf16=bf16)
-                    # The buffer may be refilled as soon as the scores are back (they are on the host).
-                    pipeline.release(batch)
-                    for src, score, dec in zip(batch.sources, scores, decisions):
-                        records.append({
-                            "file": src.name, "file_name": src.file_name, "machine_type": src.machine_type,
-                            "section": src.section, "domain": src.domain, "label": src.label,
-                            "score": float(score), "decision": int(dec),
-                        })
-                batch_errors = [(s.name, reason) for s, reason in batch.errors]
-                for name, reason in batch_errors:
-                    log_not_scored(name, reason)
-                if journal is not None:
-                    journal.write(records, batch_errors)
-                errors.extend(batch_errors)
-                counts["scored"] += len(records)
-                counts["failed"] += len(batch_errors)
-                if return_records:
-                    for rec in records:
-                        new_records[rec["file"]] = rec
-                bar.update(len(records) + len(batch_errors))
+        for records, failed in _scored_batches(detector, todo, batch_size=batch_size,
+                                               num_workers=num_workers, bf16=bf16):
+            batch_errors = [(s.name, reason) for s, reason in failed]
+            for name, reason in batch_errors:
+                log_not_scored(name, reason)
+            if journal is not None:
+                journal.write(records, batch_errors)
+            errors.extend(batch_errors)
+            counts["scored"] += len(records)
+            counts["failed"] += len(batch_errors)
+            if return_records:
+                for rec in records:
+                    new_records[rec["file"]] = rec
+            bar.update(len(records) + len(batch_errors))
     finally:
         bar.close()
-        if pipeline is not None:
-            pipeline.close()
         if journal is not None:
             journal.close()
 
@@ -652,6 +664,172 @@ def score_inputs(
     else:
         logger.info(_fmt_summary(summary))
     return result
+
+
+def _file_signature(path: str) -> tuple[int, int] | None:
+    """``(size, mtime_ns)`` of a file, None when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def watch_inputs(
+    detector,
+    folders,
+    *,
+    out_dir: str | os.PathLike,
+    poll_interval: float = 2.0,
+    retries: int = 2,
+    batch_size: int = 64,
+    section=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    submission: bool | None = None,
+    bf16: bool = False,
+    ground_truth=None,
+    stop: threading.Event | None = None,
+) -> dict:
+    """Keep scoring the audio files that appear in ``folders`` until interrupted (``fastasd score
+    ... --watch``).
+
+    Every ``poll_interval`` seconds the folders are listed again (recursively, as
+    :func:`score_inputs` lists a folder: a DCASE root gives its test clips, hidden and non-audio
+    files are ignored). A file is scored once it is complete by this rule: its size and
+    modification time are the same at two polls in a row (so unchanged for a whole interval) and
+    it is not empty. A complete file that does not decode is tried again at the next polls and
+    goes to ``errors.csv`` only after ``retries + 1`` failures with the same size and time (if
+    either changes, it was still being written and waits to be complete again). A writer that may
+    pause longer than ``poll_interval`` should write to a hidden or non-audio name and rename the
+    file when done (a rename is atomic). Clips of a section the model does not know go to
+    ``errors.csv`` at once.
+
+    Rows are appended to ``out_dir/scores.csv`` / ``errors.csv`` and flushed after every batch,
+    with the rules of :func:`score_inputs`: an existing run needs ``resume`` (its clips are not
+    scored again) or ``overwrite``. Decoding runs in a thread of this process.
+
+    It returns when ``stop`` is set or on ``KeyboardInterrupt`` (Ctrl-C; in the main thread the
+    first Ctrl-C lets the batch in flight finish, a second one abandons it and leaves it to
+    ``--resume``); the journals are then flushed and fsync'd, the submission files written (by
+    the rule of :func:`score_inputs`) and ``run.json`` updated with the summary.
+
+    Returns:
+        the summary: ``scored``, ``failed``, ``unknown_section``, ``resumed``, ``polls``,
+        ``seconds``, ``clips_per_s``.
+
+    Raises:
+        ValueError: an input that is not a folder, a bad ``poll_interval`` or ``batch_size``.
+        FileExistsError: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite``.
+    """
+    import signal
+
+    folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
+    not_dirs = [os.fspath(f) for f in folders if not os.path.isdir(f)]
+    if not folders or not_dirs:
+        raise ValueError(f"watch: every input must be a folder to watch, got {not_dirs or 'none'}")
+    if not poll_interval > 0 or batch_size < 1 or retries < 0:
+        raise ValueError(f"watch: need poll_interval > 0, batch_size >= 1 and retries >= 0, got "
+                         f"{poll_interval}, {batch_size}, {retries}")
+    if resume and overwrite:
+        raise ValueError("watch: resume and overwrite exclude each other")
+    override = parse_section(section)
+    run_dir = Path(out_dir)
+    journal = _Journal(run_dir, resume=resume, overwrite=overwrite)
+    run_info = {"inputs": [os.fspath(f) for f in folders], "shard": [0, 1],
+                "section": list(override) if override else None, "batch_size": batch_size,
+                "bf16": bool(bf16), "model": str(getattr(detector, "path", "") or ""),
+                "watch": {"poll_interval": poll_interval, "retries": retries}, "complete": False}
+    atomic_write_json(run_dir / RUN_FILE, run_info)
+    done = set(journal.done_scores) | set(journal.done_errors)
+    known = set(getattr(detector, "known_sections", ()) or ())
+    stop = stop if stop is not None else threading.Event()
+    seen: dict[str, tuple[int, int]] = {}
+    failures: dict[str, tuple[tuple[int, int], int]] = {}
+    counts = Counter(resumed=len(done))
+    log_not_scored = _CappedLog()
+    interrupts = []
+
+    def on_sigint(signum, frame):
+        interrupts.append(signum)
+        if len(interrupts) > 1:
+            raise KeyboardInterrupt
+        logger.info("watch: stopping after the batch in flight (Ctrl-C again to stop at once)")
+        stop.set()
+
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGINT, on_sigint)
+    logger.info("watching %s (poll every %g s); Ctrl-C stops", ", ".join(run_info["inputs"]), poll_interval)
+    t0 = time.perf_counter()
+    try:
+        while not stop.is_set():
+            t_poll = time.monotonic()
+            counts["polls"] += 1
+            listed = [src for src in iter_sources(folders, override, stats=Counter())
+                      if src.name not in done]
+            if ground_truth is not None:
+                listed = _apply_ground_truth(listed, ground_truth)
+            ready, early, now = [], [], {}
+            for src in listed:
+                sig = _file_signature(src.path)
+                if sig is None:
+                    continue  # gone since it was listed
+                now[src.name] = sig
+                if sig != seen.get(src.name) or sig[0] == 0:
+                    continue  # new, still growing or empty: look again at the next poll
+                if (src.machine_type, src.section) not in known:
+                    early.append((src.name, _unknown_reason(src)))
+                else:
+                    ready.append(src)
+            seen = now
+            failures = {k: v for k, v in failures.items() if k in now}
+            if early:
+                journal.write([], early)
+                counts["unknown_section"] += len(early)
+            for name, reason in early:
+                log_not_scored(name, reason)
+                done.add(name)
+            for records, failed in _scored_batches(detector, ready, batch_size=batch_size,
+                                                   num_workers=0, bf16=bf16):
+                reported = []
+                for src, reason in failed:
+                    sig = seen.get(src.name)
+                    old = failures.get(src.name)
+                    tries = old[1] + 1 if old is not None and old[0] == sig else 1
+                    if tries > retries:
+                        reported.append((src.name, reason))
+                        failures.pop(src.name, None)
+                    else:
+                        failures[src.name] = (sig, tries)
+                        logger.info("watch: %s does not decode yet (%s); trying again", src.name, reason)
+                journal.write(records, reported)
+                done.update([r["file"] for r in records] + [name for name, _ in reported])
+                for name, reason in reported:
+                    log_not_scored(name, reason)
+                counts["scored"] += len(records)
+                counts["failed"] += len(reported)
+                if records:
+                    logger.info("watch: scored %d new clip(s), %d in all", len(records), counts["scored"])
+            stop.wait(max(0.0, poll_interval - (time.monotonic() - t_poll)))
+    except KeyboardInterrupt:
+        logger.info("watch: interrupted; the batch in flight is left to --resume")
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+        journal.close()
+    seconds = time.perf_counter() - t0
+    summary = {"scored": counts["scored"], "failed": counts["failed"],
+               "unknown_section": counts["unknown_section"], "resumed": counts["resumed"],
+               "polls": counts["polls"], "seconds": round(seconds, 3),
+               "clips_per_s": counts["scored"] / seconds if seconds > 0 else 0.0}
+    if submission is not False:
+        summary["submission_files"] = _write_submission_from(run_dir / SCORES_FILE, run_dir,
+                                                             strict=submission is True)
+    atomic_write_json(run_dir / RUN_FILE, {**run_info, "complete": True, "summary": summary})
+    logger.info("watch: stopped; scored %d, failed %d, unknown section %d (%d done before)", summary["scored"],
+                summary["failed"], summary["unknown_section"], summary["resumed"])
+    return summary
 
 
 def _apply_ground_truth(sources: list[AudioSource], ground_truth) -> list[AudioSource]:
@@ -864,6 +1042,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merge", action="store_true",
                         help="merge shard folders (default: DIR/shard-*-of-*) into DIR instead of scoring")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or summary line")
+    parser.add_argument("--onnx", metavar="FILE",
+                        help="score with this ONNX export (fastasd export) on onnxruntime's CPU provider "
+                             "instead of a model folder: then every path is an INPUT")
+    parser.add_argument("--watch", action="store_true",
+                        help="keep running: score each new audio file that appears in the INPUT folders "
+                             "once its size and mtime stay unchanged for a poll interval; Ctrl-C stops")
+    parser.add_argument("--poll-interval", type=float, default=2.0, metavar="SECONDS",
+                        help="with --watch: seconds between two listings of the folders (default 2)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -873,14 +1059,36 @@ def run_cli(args: argparse.Namespace) -> int:
         print(f"fastasd score --merge: {summary['scored']} scores and {summary['errors']} errors "
               f"of {summary['shards']} shard(s) merged into {args.out}", file=sys.stderr)
         return 0
-    if len(args.paths) < 2:
-        print("fastasd score: need MODEL_DIR and at least one INPUT", file=sys.stderr)
-        return 2
-    from fastasd.api import load
+    if args.onnx:
+        if args.bf16 or (args.device and args.device != "cpu"):
+            print("fastasd score: --onnx runs on onnxruntime's CPU provider (no --bf16, --device cpu only)",
+                  file=sys.stderr)
+            return 2
+        from fastasd.export import load_onnx
 
-    detector = load(args.paths[0], device=args.device or default_device())
+        inputs = args.paths
+    else:
+        inputs = args.paths[1:]
+    if not inputs:
+        print("fastasd score: need MODEL_DIR (or --onnx FILE) and at least one INPUT", file=sys.stderr)
+        return 2
+    if args.watch and args.shard:
+        print("fastasd score: --watch does not shard (run one watcher per folder)", file=sys.stderr)
+        return 2
+    if args.onnx:
+        detector = load_onnx(args.onnx)
+    else:
+        from fastasd.api import load
+
+        detector = load(args.paths[0], device=args.device or default_device())
+    if args.watch:
+        watch_inputs(detector, inputs, out_dir=args.out, poll_interval=args.poll_interval,
+                     batch_size=args.batch_size, section=args.section, resume=args.resume,
+                     overwrite=args.overwrite, submission=args.submission, bf16=args.bf16,
+                     ground_truth=args.ground_truth)
+        return 0
     result = score_inputs(
-        detector, args.paths[1:], out_dir=args.out, batch_size=args.batch_size, num_workers=args.workers,
+        detector, inputs, out_dir=args.out, batch_size=args.batch_size, num_workers=args.workers,
         section=args.section, resume=args.resume, shard=args.shard, submission=args.submission,
         bf16=args.bf16, progress=False if args.no_progress else None, overwrite=args.overwrite,
         return_records=False, ground_truth=args.ground_truth,
@@ -888,5 +1096,5 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0 if result.summary["scored"] or not result.summary["failed"] else 1
 
 
-__all__ = ["score_inputs", "merge_shards", "read_scores_csv", "ScoreResult", "default_device",
+__all__ = ["score_inputs", "watch_inputs", "merge_shards", "read_scores_csv", "ScoreResult", "default_device",
            "default_num_workers", "shard_dir_name", "add_cli_arguments", "run_cli"]
