@@ -149,7 +149,8 @@ class Detector:
         n = self.num_samples
         if x.shape[1] != n:  # as the audio loader: crop at the end / zero-pad at the end
             x = x[:, :n] if x.shape[1] > n else torch.nn.functional.pad(x, (0, n - x.shape[1]))
-        return x.to(self.device, dtype=torch.float32, non_blocking=True)
+        # contiguous: a cropped view is strided, and the native stft_magnitude wants contiguous rows
+        return x.to(self.device, dtype=torch.float32, non_blocking=True).contiguous()
 
     def inference_model(self, member: int = 0) -> torch.nn.Module:
         """The module that embeds for ensemble member ``member`` when scoring.

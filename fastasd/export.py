@@ -57,6 +57,7 @@ import os
 import sys
 import time
 import types
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -269,6 +270,21 @@ class _DetectorGraph(torch.nn.Module):
         return total, (total > self.thresholds[section]).to(torch.int64)
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter's progress lines (stdout) go to stderr; its warnings about what the graph
+    does not use (torchvision, axis names, deprecations inside torch) are silenced."""
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        onnx_log.setLevel(level)
+
+
 def _graph_module(detector):
     """The detector as one torch module, and the section keys in index order."""
     from fastasd.model import EmbeddingNet
@@ -355,8 +371,7 @@ def export_onnx(detector, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET
     length = torch.export.Dim("samples", min=1)
     example = (torch.zeros(2, det.num_samples), torch.zeros(2, dtype=torch.int64))
     try:
-        with torch.inference_mode(False), torch.no_grad(), \
-                contextlib.redirect_stdout(sys.stderr):
+        with torch.inference_mode(False), torch.no_grad(), _quiet_exporter():
             program = torch.onnx.export(
                 graph, example, dynamo=True, opset_version=opset, input_names=["waveform", "section"],
                 output_names=["score", "decision"],
