@@ -9,17 +9,18 @@ Python: :func:`export_onnx` (a :class:`~fastasd.api.Detector` or a saved model f
 and :func:`load_onnx` (file -> :class:`OnnxDetector`, which :func:`fastasd.score.score_inputs`
 takes in place of a Detector).
 
-The graph (standard ONNX operators only, opset 18 by default: the STFT frames are a strided
-Slice/Gather, their spectra and the full-clip spectrum ``DFT`` nodes, never fastasd's custom
-operators), from waveform to anomaly score:
+The graph (standard ONNX operators only, opset 18 by default, never fastasd's custom operators),
+from waveform to anomaly score:
 
 * inputs ``waveform`` float32 ``[batch, samples]`` (mono at the model's sample rate; any batch
   and any length >= 1: like :class:`~fastasd.api.Detector` and the audio loader the graph crops
   the end of a longer clip and zero-pads a shorter one to the model's ``num_samples``) and
   ``section`` int64 ``[batch]``: each clip's index into the metadata's ``sections``;
-* the frontend of every ensemble member as the PyTorch reference computes it (STFT magnitude with
-  temporal mean normalization, or log-mel, and the full-clip magnitude spectrum), its embedding
-  network (BatchNorm in eval mode) and its backend:
+* the frontend of every ensemble member as :mod:`fastasd.reference` defines it (STFT magnitude
+  with temporal mean normalization, or log-mel, and the full-clip magnitude spectrum; their DFTs
+  as matrix products, see :class:`_MatmulRDFT`, because onnxruntime's ``DFT`` operator is slow
+  for lengths that are not powers of two), its embedding network (BatchNorm in eval mode) and its
+  backend:
 
   - cosine: ``min over the section's references j of ref_scale[j] * (1 - cos(x, ref_j)) +
     ref_shift[j]`` (``ref_scale``/``ref_shift`` are the backend's ``ref_scale_``/``ref_shift_``
@@ -38,12 +39,13 @@ The per-section thresholds are in the graph (for ``decision``) and in the metada
 model's ``config`` and the fastasd/torch versions. A device with only onnxruntime and numpy reads
 it with ``json.loads(session.get_modelmeta().custom_metadata_map["fastasd"])`` (README).
 
-The export runs the pure-PyTorch reference operators (``FASTASD_BACKEND=reference`` for the
-duration of the trace), the plain networks, needs the ``onnx`` extra (``onnx``, ``onnxscript``,
-``onnxruntime``) and, unless ``verify=False``, checks the file with onnxruntime against
-:meth:`~fastasd.api.Detector.score_waveforms` on a few clips before it writes it (atomically).
-What cannot be exported (an unknown backend, a GMM that is not full-covariance, a network other
-than :class:`~fastasd.model.EmbeddingNet`) raises ``ValueError`` saying why.
+The export traces a copy of each network whose frontend is :class:`_ExportFrontend` (pure
+PyTorch), needs the ``onnx`` extra (``onnx``, ``onnxscript`` for ``torch.onnx.export``,
+``onnxruntime``) and, unless ``verify=False``, checks the graph with onnxruntime against
+:meth:`~fastasd.api.Detector.score_waveforms` on clips of three lengths before it writes the file
+(atomically). What cannot be exported (a backend other than the two above, a GMM that is not
+full-covariance, a network other than :class:`~fastasd.model.EmbeddingNet`) raises
+``ValueError`` saying why.
 """
 from __future__ import annotations
 

@@ -7,8 +7,12 @@ Command line::
                   [--section MACHINE:SS] [--resume | --overwrite] [--shard i/n]
                   [--submission | --no-submission] [--bf16] [--device cpu|cuda|cuda:1]
     fastasd score --merge --out DIR [SHARD_DIR...]
+    fastasd score --onnx detector.onnx INPUT... --out DIR [...]   # onnxruntime, fastasd.export
+    fastasd score MODEL_DIR INPUT_DIR... --out DIR --watch [--poll-interval 2]
 
-Python: :func:`score_inputs` (also ``Detector.score(inputs, **kwargs)``) and :func:`merge_shards`.
+Python: :func:`score_inputs` (also ``Detector.score(inputs, **kwargs)``), :func:`watch_inputs`
+and :func:`merge_shards`. Any object with the interface :func:`score_inputs` documents can be the
+detector: :class:`fastasd.api.Detector`, or :class:`fastasd.export.OnnxDetector` for ``--onnx``.
 
 Inputs: see :mod:`fastasd.data.inputs` (files, folders, globs, ``.zip``/``.tar``/``.tar.gz``
 read member by member in memory, list files; a DCASE root or machine-type folder gives its test

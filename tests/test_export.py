@@ -10,6 +10,10 @@ scores are negative log-likelihoods of a few hundred).
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,3 +257,23 @@ def test_cli_score_onnx_is_the_score_job(exported, root, tmp_path, capsys):
     assert len(read_scores_csv(out / "scores.csv")) == 16
     assert main(["score", "--onnx", str(onnx_file), str(root), "--out", str(tmp_path / "o2"), "--bf16",
                  *common]) == 2
+
+
+def test_readme_snippet_needs_only_onnxruntime_numpy_soundfile(exported, root, tmp_path):
+    """The README's snippet for a device without PyTorch, run as written (torch, fastasd, scipy and
+    scikit-learn made unimportable), gives the detector's score and decision of a clip."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- onnx-snippet -->")[1].split("<!-- /onnx-snippet -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    det, _, path = exported({"backend": "cosine"})
+    clip = sorted((root / "fan" / "test").glob("*.wav"))[0]
+    shutil.copy(path, tmp_path / "detector.onnx")
+    shutil.copy(clip, tmp_path / "clip.wav")
+    guard = "import sys\nfor m in ('torch', 'fastasd', 'scipy', 'sklearn'):\n    sys.modules[m] = None\n"
+    run = subprocess.run([sys.executable, "-c", guard + code], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    score, decision = run.stdout.split()
+    want = det.score([clip], section="fan:00", num_workers=0, progress=False)[0]
+    _close([float(score)], [want["score"]])
+    assert int(decision) == want["decision"]
