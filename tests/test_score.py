@@ -394,27 +394,34 @@ def _tiny_dcase_root(root: Path) -> Path:
     return root
 
 
-def test_real_detector_cli_archive_equals_plain_files(tmp_path):
-    import zipfile
-
+def untrained_detector(root: Path, model_dir: Path):
+    """A real Detector as training builds it (a small network, fitted backend, thresholds) on the
+    training clips of ``root``, minus the gradient steps (they would only cost time), saved to
+    ``model_dir``."""
     from fastasd.api import fit_detector
-    from fastasd.cli import main
     from fastasd.config import Config
     from fastasd.data.labels import ClassEncoder
     from fastasd.data.layout import discover
     from fastasd.model import EmbeddingNet
-    from fastasd.submission import read_scores
 
-    root = _tiny_dcase_root(tmp_path / "dcase")
-    # A real Detector as training builds it (network, fitted backend, thresholds, saved and
-    # loaded), minus the gradient steps, which would only cost time here.
     cfg = Config(clip_seconds=0.5, n_fft=256, hop=128, n_subclusters=2, n_clusters=2, embedding_dim=16,
                  spectrum_dense_layers=1)
     train = discover(root, splits=("train",))
     torch.manual_seed(0)
     det = fit_detector(cfg, [EmbeddingNet(cfg).eval()], ClassEncoder().fit(train), train, device="cpu",
                        progress=False)
-    det.save(tmp_path / "model")
+    det.save(model_dir)
+    return det
+
+
+def test_real_detector_cli_archive_equals_plain_files(tmp_path):
+    import zipfile
+
+    from fastasd.cli import main
+    from fastasd.submission import read_scores
+
+    root = _tiny_dcase_root(tmp_path / "dcase")
+    det = untrained_detector(root, tmp_path / "model")
     plain = {Path(r["file"]).relative_to(root).as_posix(): r for r in det.score(root, num_workers=0, progress=False)}
     assert len(plain) == 8  # the test clips of the root only
 

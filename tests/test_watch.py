@@ -20,9 +20,9 @@ import soundfile as sf
 from fastasd.score import ERRORS_HEADER, SCORES_HEADER, read_scores_csv, watch_inputs
 
 try:
-    from tests.test_score import SR, FakeDetector, _tiny_dcase_root, read_csv
+    from tests.test_score import SR, FakeDetector, _tiny_dcase_root, read_csv, untrained_detector
 except ImportError:  # pytest's default import mode puts tests/ itself on sys.path
-    from test_score import SR, FakeDetector, _tiny_dcase_root, read_csv
+    from test_score import SR, FakeDetector, _tiny_dcase_root, read_csv, untrained_detector
 
 N = 3200  # FakeDetector's clip length (0.2 s)
 POLL = 0.5
@@ -155,22 +155,8 @@ def test_watch_refuses_what_it_cannot_watch(tmp_path):
 def test_cli_watch_ctrl_c_ends_cleanly(tmp_path):
     """A real `fastasd score MODEL DIR --watch` process: files written while it runs are scored
     as `Detector.score` scores them; SIGINT (Ctrl-C) ends it with exit 0, the journal complete."""
-    import torch
-
-    from fastasd.api import fit_detector
-    from fastasd.config import Config
-    from fastasd.data.labels import ClassEncoder
-    from fastasd.data.layout import discover
-    from fastasd.model import EmbeddingNet
-
     root = _tiny_dcase_root(tmp_path / "dcase")
-    cfg = Config(clip_seconds=0.5, n_fft=256, hop=128, n_subclusters=2, n_clusters=2, embedding_dim=16,
-                 spectrum_dense_layers=1)
-    train = discover(root, splits=("train",))
-    torch.manual_seed(0)
-    det = fit_detector(cfg, [EmbeddingNet(cfg).eval()], ClassEncoder().fit(train), train, device="cpu",
-                       progress=False)
-    det.save(tmp_path / "model")
+    det = untrained_detector(root, tmp_path / "model")
     watched = tmp_path / "incoming" / "fan" / "test"
     watched.mkdir(parents=True)
     out = tmp_path / "out"
