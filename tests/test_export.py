@@ -196,6 +196,25 @@ def test_matmul_dft_equals_rfft(length, nbins):
     assert float((got - want).abs().max() / want.abs().max()) < 1e-6
 
 
+@pytest.mark.parametrize("overrides", [{}, {"spectrogram_type": "logmel"}, {"temporal_normalization": False},
+                                       {"representation": "spectrum"}, {"representation": "spectrogram"}])
+def test_export_frontend_equals_the_reference_frontend(overrides, monkeypatch):
+    """The frontend the graph traces (matmul DFTs) against the frontend with the reference
+    operators, both float32 (as every frontend computes): 1e-5 of the largest value."""
+    from fastasd.frontend import Frontend
+
+    monkeypatch.setenv("FASTASD_BACKEND", "reference")
+    cfg = tiny_config(**overrides)
+    x = 0.1 * torch.randn(3, cfg.num_samples)
+    want = Frontend(cfg)(x)
+    got = ex._ExportFrontend(cfg, cfg.num_samples)(x)
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if w is not None:
+            assert g.shape == w.shape
+            assert float((g - w).abs().max()) <= 1e-5 * float(w.abs().max())
+
+
 def test_export_errors_say_why(exported, tmp_path):
     det, _, path = exported({"backend": "cosine"})
     with pytest.raises(FileNotFoundError, match="model folder not found"):
