@@ -148,6 +148,8 @@ def _backend_module(backend, member: int):
                      f"graph knows CosineBackend and GMMBackend)")
 
 
+# protobuf caps an ONNX file at 2 GiB; leave room for the graph itself
+_MAX_GRAPH_BYTES = int(1.9e9)
 # Above this many multiply-adds per output bin (n1 + n2 of the factorization), a DFT is left to
 # the DFT operator (a length with a large prime factor); see _MatmulRDFT.
 _MAX_MATMUL_DFT = 8192
@@ -304,6 +306,12 @@ def _graph_module(detector):
         models.append(m)
     thresholds = torch.tensor([detector.thresholds[k] for k in sections], dtype=torch.float64)
     graph = _DetectorGraph(models, scorers, thresholds, int(detector.num_samples)).eval()
+    size = sum(t.numel() * t.element_size() for t in list(graph.parameters()) + list(graph.buffers()))
+    if size > _MAX_GRAPH_BYTES:
+        backend_size = sum(t.numel() * t.element_size() for sc in scorers for t in sc.buffers())
+        raise ValueError(f"the graph would hold {size / 1e9:.2f} GB of constants ({backend_size / 1e9:.2f} GB in "
+                         f"the backends: a GMM holds components x D x D float64 per section), more than "
+                         f"one ONNX file can hold ({_MAX_GRAPH_BYTES / 1e9:.1f} GB)")
     return graph, sections
 
 

@@ -215,7 +215,7 @@ def test_export_frontend_equals_the_reference_frontend(overrides, monkeypatch):
             assert float((g - w).abs().max()) <= 1e-5 * float(w.abs().max())
 
 
-def test_export_errors_say_why(exported, tmp_path):
+def test_export_errors_say_why(exported, tmp_path, monkeypatch):
     det, _, path = exported({"backend": "cosine"})
     with pytest.raises(FileNotFoundError, match="model folder not found"):
         ex.export_onnx(tmp_path / "nope", tmp_path / "x.onnx")
@@ -228,6 +228,10 @@ def test_export_errors_say_why(exported, tmp_path):
         ex.export_onnx(odd, tmp_path / "x.onnx")
     with pytest.raises(ValueError, match="opset 16 has no DFT"):
         ex.export_onnx(det, tmp_path / "x.onnx", opset=16)
+    monkeypatch.setattr(ex, "_MAX_GRAPH_BYTES", 1000)
+    with pytest.raises(ValueError, match="more than one ONNX file can hold"):
+        ex.export_onnx(det, tmp_path / "x.onnx")
+    monkeypatch.undo()
     assert not (tmp_path / "x.onnx").exists()
 
     # not an ONNX file / an ONNX file without our metadata
