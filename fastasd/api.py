@@ -441,7 +441,8 @@ def fit_detector(config: Config, models: Sequence[torch.nn.Module], encoder, tra
 
 def train(data_root, out_dir: str | os.PathLike | None = None, config: Config | dict | str | None = None,
           ground_truth=None, progress: bool | None = None, *, resume: bool = False,
-          device: str | torch.device | None = None, **overrides: Any) -> Detector:
+          device: str | torch.device | None = None, data_parallel: bool = False,
+          **overrides: Any) -> Detector | None:
     """Train a detector on the training clips of one or more DCASE roots.
 
     Args:
@@ -453,30 +454,65 @@ def train(data_root, out_dir: str | os.PathLike | None = None, config: Config | 
         config: a :class:`Config`, a dict of fields, a preset name (``"paper"``, ``"standard"``,
             ``"demo"``) or None (= the paper's configuration).
         ground_truth: ground-truth folder(s) for :func:`fastasd.data.layout.discover`.
-        progress: progress bars (None: only on a terminal).
+        progress: progress bars (None: only on a terminal; under torchrun on rank 0 only).
         resume: continue interrupted trainings from ``out_dir/checkpoints``.
-        device: torch device (default ``config.device``).
+        device: torch device (default ``config.device``; under torchrun ``cuda:LOCAL_RANK``).
+        data_parallel: under torchrun, train each member data-parallel over all processes
+            instead of spreading the members over them (see below).
         **overrides: Config fields, e.g. ``epochs=20, ensemble_size=5``.
 
+    Under ``torchrun`` (``WORLD_SIZE > 1``; :mod:`fastasd.distributed`) every process calls this
+    with the same arguments. By default rank ``r`` trains members ``r, r + W, ...`` (their
+    checkpoints are written by that rank), rank 0 receives every member, fits the backends and
+    saves the detector: the same detector as one process trains. With ``data_parallel`` the
+    members are trained one after the other, each with ``DistributedDataParallel`` over all
+    ranks (:func:`fastasd.train.train_model`). Rank 0 returns the detector; the other ranks
+    return None once rank 0 has saved it.
+
     Returns:
-        the trained :class:`Detector` (ensemble of ``config.ensemble_size`` members).
+        the trained :class:`Detector` (ensemble of ``config.ensemble_size`` members), or None on
+        a torchrun rank other than 0.
     """
+    from fastasd import distributed
     from fastasd.data.layout import discover
     from fastasd.train import resolve_device, train_model
 
     cfg = _as_config(config, overrides)
-    dev = resolve_device(device, cfg)
     t0 = time.perf_counter()
-    clips = discover(data_root, ground_truth=ground_truth, splits=("train",))
-    models, histories, encoder = [], [], None
-    for member in range(cfg.ensemble_size):
-        model, _loss, enc, history = train_model(clips, cfg, out_dir=out_dir, resume=resume,
-                                                 progress=progress, device=dev, member=member)
-        if encoder is not None and enc.classes_ != encoder.classes_:  # cannot happen: same clips
-            raise RuntimeError("train: ensemble members disagree on the classes")
-        encoder = enc
-        models.append(model)
-        histories.append(history)
+    ctx = distributed.setup(device, cfg)
+    if ctx is None:
+        if data_parallel:
+            logger.warning("data_parallel=True outside torchrun (WORLD_SIZE unset or 1): training "
+                           "in this one process")
+        dev = resolve_device(device, cfg)
+        clips = discover(data_root, ground_truth=ground_truth, splits=("train",))
+        models, histories, encoder = [], [], None
+        for member in range(cfg.ensemble_size):
+            model, _loss, enc, history = train_model(clips, cfg, out_dir=out_dir, resume=resume,
+                                                     progress=progress, device=dev, member=member)
+            encoder = _same_classes(encoder, enc)
+            models.append(model)
+            histories.append(history)
+        return _fit_and_save(cfg, models, encoder, clips, dev, progress, histories, out_dir, t0)
+    try:
+        return _train_distributed(ctx, data_root, out_dir, cfg, ground_truth, progress, resume,
+                                  data_parallel, t0)
+    except BaseException as e:
+        ctx.fail(e)
+        raise
+    finally:
+        ctx.close()
+
+
+def _same_classes(encoder, enc):
+    if encoder is not None and enc.classes_ != encoder.classes_:  # cannot happen: same clips
+        raise RuntimeError("train: ensemble members disagree on the classes")
+    return enc
+
+
+def _fit_and_save(cfg: Config, models, encoder, clips, dev, progress, histories, out_dir, t0) -> Detector:
+    # the per-step losses stay in the checkpoints; the manifest keeps the per-epoch summaries
+    histories = [[{k: v for k, v in h.items() if k != "losses"} for h in hist] for hist in histories]
     info = {"n_train_clips": len(clips), "n_classes": len(encoder), "history": histories,
             "train_seconds": None}
     det = fit_detector(cfg, models, encoder, clips, device=dev, progress=progress, info=info)
@@ -484,6 +520,65 @@ def train(data_root, out_dir: str | os.PathLike | None = None, config: Config | 
     if out_dir is not None:
         det.save(out_dir)
         logger.info("saved the detector to %s", out_dir)
+    return det
+
+
+def _train_distributed(ctx, data_root, out_dir, cfg: Config, ground_truth, progress, resume,
+                       data_parallel: bool, t0) -> Detector | None:
+    """:func:`train` on one torchrun rank (``ctx`` from :func:`fastasd.distributed.setup`)."""
+    from fastasd.data.layout import discover
+    from fastasd.distributed import broadcast_json, broadcast_tensors
+    from fastasd.model import EmbeddingNet
+    from fastasd.train import train_model
+
+    dev, rank, world = ctx.device, ctx.rank, ctx.world_size
+    progress = progress if ctx.is_main else False
+    clips = discover(data_root, ground_truth=ground_truth, splits=("train",))
+    n = cfg.ensemble_size
+    models, histories, encoder = [None] * n, [None] * n, None
+    if data_parallel:
+        for member in range(n):
+            model, _loss, enc, history = train_model(clips, cfg, out_dir=out_dir, resume=resume,
+                                                     progress=progress, device=dev, member=member,
+                                                     data_parallel=True)
+            encoder = _same_classes(encoder, enc)
+            models[member], histories[member] = model, history
+    else:
+        mine = list(range(rank, n, world))
+        if not mine:
+            logger.warning("rank %d: no ensemble member to train (ensemble_size %d < %d processes; "
+                           "--data-parallel uses every process for each member)", rank, n, world)
+        for member in mine:
+            model, _loss, enc, history = train_model(clips, cfg, out_dir=out_dir, resume=resume,
+                                                     progress=progress, device=dev, member=member)
+            encoder = _same_classes(encoder, enc)
+            models[member], histories[member] = model, history
+        # Ranks finish at different times (W need not divide N): wait without a collective, so
+        # that a failed or silent rank is reported instead of timing out a collective.
+        ctx.done("trained")
+        ctx.wait("trained", "training its ensemble members")
+        if encoder is None:  # a rank without members still needs the classes to build receivers
+            from fastasd.data.labels import ClassEncoder
+
+            encoder = ClassEncoder().fit([c for c in clips if c.split == "train"])
+        for member in range(n):
+            owner = member % world
+            model = models[member] if owner == rank else EmbeddingNet(cfg, cfg.num_samples)
+            state = model.state_dict()
+            received = broadcast_tensors(list(state.values()), owner, dev)
+            if owner != rank:
+                model.load_state_dict(dict(zip(state.keys(), received)))
+                model.to(dev).eval()
+            models[member] = model
+            histories[member] = broadcast_json(histories[member] if owner == rank else None, owner, dev)
+    det = None
+    if ctx.is_main:
+        det = _fit_and_save(cfg, models, encoder, clips, dev, progress, histories, out_dir, t0)
+    ctx.done("saved")
+    ctx.wait("saved", "fitting the backends and saving the model", ranks=[0])
+    import torch.distributed as dist
+
+    dist.barrier()  # every rank saw "saved" before rank 0 (which may host the store) exits
     return det
 
 

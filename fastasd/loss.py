@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from fastasd import ops, reference
 
-__all__ = ["SubclusterAdaCos", "mixup"]
+__all__ = ["SubclusterAdaCos", "global_updated_scale", "mixup"]
 
 ANGLE_MODES = ("sum", "nearest")
 LABEL_RULES = ("max", "sum")
@@ -58,12 +58,16 @@ class SubclusterAdaCos(nn.Module):
         else:
             self.register_buffer("centers", centers)
         self.register_buffer("scale", torch.tensor(reference.adacos_initial_scale(n), dtype=torch.float32))
+        #: data-parallel training: update the scale from the batches of all ranks together
+        self.global_batch = False
 
     def forward(self, embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Loss (scalar) of ``embeddings [B, D]`` against label vectors ``targets [B, C]``.
 
         In training mode the scale is first updated from this batch and the loss uses the new
         value, which is stored in ``self.scale``; in eval mode the stored scale is used as is.
+        With ``global_batch = True`` (data-parallel training) "this batch" is the global batch
+        of all ranks (:func:`global_updated_scale`) and the loss is the mean over this rank's rows.
         Computed in float32 (autocast disabled).
         """
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
@@ -72,7 +76,11 @@ class SubclusterAdaCos(nn.Module):
             centers = self.centers.float().contiguous()
             t = targets.float().contiguous()
             K = self.n_subclusters
-            if self.training and self.angle_mode == "nearest":
+            if self.training and self.global_batch:
+                cos = reference.adacos_cosines(emb.detach(), centers.detach())
+                s = global_updated_scale(cos, t, self.scale, K, angle_mode=self.angle_mode)
+                loss, s_used = ops.subcluster_adacos(emb, centers, t, float(s), K, False)
+            elif self.training and self.angle_mode == "nearest":
                 cos = reference.adacos_cosines(emb.detach(), centers.detach())
                 s = reference.adacos_updated_scale(cos, t, self.scale, K, angle_mode="nearest")
                 loss, s_used = ops.subcluster_adacos(emb, centers, t, float(s), K, False)
@@ -98,8 +106,59 @@ class SubclusterAdaCos(nn.Module):
                 f"angle_mode={self.angle_mode!r}")
 
 
+@torch.no_grad()
+def global_updated_scale(cos: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor | float,
+                         n_subclusters: int, angle_mode: str = "sum") -> torch.Tensor:
+    """:func:`fastasd.reference.adacos_updated_scale` of the GLOBAL batch of a data-parallel step:
+    every rank passes the cosines ``[B_r, C*K]`` and labels of its rows and gets the same scale.
+
+    The update needs three batch statistics, which are reduced over the default process group:
+    ``M`` = the max logit (all-reduce MAX), ``B_avg`` = the mean over all rows of
+    ``sum_j exp(s*cos - M)`` (all-reduce SUM of the per-rank sums, in float64, and of the row
+    counts), and ``theta_med`` = the lower median of the per-row class angles (all-gather of
+    the angles; an exact median). The result equals the one-process update of the concatenated
+    batch up to the order of the float sums in ``B_avg``. Without an initialized process group
+    it is the one-process update.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return reference.adacos_updated_scale(cos, targets, scale, n_subclusters, angle_mode=angle_mode)
+    cos = cos.detach()
+    s = torch.as_tensor(scale, dtype=cos.dtype, device=cos.device)
+    B = cos.shape[0]
+    logits = s * cos
+    m = logits.max() if B else torch.tensor(-math.inf, dtype=cos.dtype, device=cos.device)
+    dist.all_reduce(m, op=dist.ReduceOp.MAX)
+    part = torch.stack([torch.exp(logits - m).sum(dim=1).double().sum(),
+                        torch.tensor(float(B), dtype=torch.float64, device=cos.device)])
+    dist.all_reduce(part)
+    b_avg = (part[0] / part[1]).to(cos.dtype)
+    eps = torch.finfo(torch.float32).eps
+    theta = torch.acos(cos.clamp(-1.0 + eps, 1.0 - eps)).view(B, -1, n_subclusters)
+    t = targets.detach().to(cos.dtype)
+    if angle_mode == "sum":
+        n_mixed = (t != 0).sum(dim=1).to(cos.dtype)
+        theta_class = (t.unsqueeze(2) * theta).sum(dim=(1, 2)) * n_mixed
+    elif angle_mode == "nearest":
+        theta_class = (t * theta.min(dim=2).values).sum(dim=1) / t.sum(dim=1).clamp_min(eps)
+    else:
+        raise ValueError(f"global_updated_scale: unknown angle_mode {angle_mode!r}")
+    world = dist.get_world_size()
+    sizes = [torch.zeros(1, dtype=torch.int64, device=cos.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([B], dtype=torch.int64, device=cos.device))
+    width = max(int(n) for n in sizes)
+    padded = torch.zeros(width, dtype=cos.dtype, device=cos.device)
+    padded[:B] = theta_class
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    theta_med = torch.cat([p[:int(n)] for p, n in zip(parts, sizes)]).median()
+    return (m + torch.log(b_avg)) / torch.cos(torch.clamp(theta_med, max=math.pi / 4))
+
+
 def mixup(waveforms: torch.Tensor, targets: torch.Tensor, generator: torch.Generator | None = None,
-          label_rule: str = "max") -> tuple[torch.Tensor, torch.Tensor]:
+          label_rule: str = "max", *, positions: list[int] | None = None,
+          batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix each sample with its partner in the reversed batch.
 
     ``lam = torch.rand(B, generator=generator)`` (drawn on the generator's device, float32) is one
@@ -107,8 +166,15 @@ def mixup(waveforms: torch.Tensor, targets: torch.Tensor, generator: torch.Gener
     ``x = lam * x_b + (1 - lam) * x_{B-1-b}``; the label is ``max(lam * y_b, (1 - lam) * y_{B-1-b})``
     element-wise (``label_rule="max"``, author's code, not renormalized) or the sum (``"sum"``).
 
+    Data-parallel training passes one rank's share of a global batch: row ``i`` is position
+    ``positions[i]`` of a batch of ``batch_size`` clips, ``lam`` is drawn for the whole batch (the
+    same generator state on every rank) and each row's partner ``batch_size - 1 - p`` must be
+    among the rows (:func:`fastasd.distributed.mirrored_positions`). The rows are then exactly
+    the corresponding rows of the one-process mixup of the global batch.
+
     Args:
         waveforms: ``[B, N]``; targets: ``[B, C]`` (one-hot).
+        positions, batch_size: see above (default: the rows are the whole batch).
     Returns:
         ``(mixed_waveforms, mixed_targets)`` in the dtypes/devices of the inputs.
     """
@@ -118,11 +184,23 @@ def mixup(waveforms: torch.Tensor, targets: torch.Tensor, generator: torch.Gener
         raise ValueError(f"mixup: waveforms has {waveforms.shape[0]} rows, targets {targets.shape[0]}")
     B = waveforms.shape[0]
     device = generator.device if generator is not None else waveforms.device
-    lam = torch.rand(B, generator=generator, device=device, dtype=torch.float32)
+    if positions is None:
+        lam = torch.rand(B, generator=generator, device=device, dtype=torch.float32)
+        partner = torch.arange(B - 1, -1, -1, device=waveforms.device)
+    else:
+        if len(positions) != B or batch_size is None:
+            raise ValueError(f"mixup: {len(positions)} positions for {B} rows (and batch_size needed)")
+        row = {p: i for i, p in enumerate(positions)}
+        missing = [p for p in positions if batch_size - 1 - p not in row]
+        if missing:
+            raise ValueError(f"mixup: the partners of positions {missing[:5]} are not among the rows")
+        lam = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float32)
+        lam = lam[torch.as_tensor(positions, device=device)]
+        partner = torch.as_tensor([row[batch_size - 1 - p] for p in positions], device=waveforms.device)
     lw = lam.to(device=waveforms.device, dtype=waveforms.dtype).view(B, *([1] * (waveforms.dim() - 1)))
-    x = lw * waveforms + (1 - lw) * waveforms.flip(0)
+    x = lw * waveforms + (1 - lw) * waveforms[partner]
     t = targets.to(torch.float32) if not targets.is_floating_point() else targets
     lt = lam.to(device=t.device, dtype=t.dtype).view(B, 1)
-    a, b = lt * t, (1 - lt) * t.flip(0)
+    a, b = lt * t, (1 - lt) * t[partner.to(t.device)]
     y = torch.maximum(a, b) if label_rule == "max" else a + b
     return x, y

@@ -167,6 +167,7 @@ def train_model(
     amp_dtype: str | torch.dtype | None = None,
     max_steps: int | None = None,
     step_callback: Callable[[int, Any, Any], None] | None = None,
+    data_parallel: bool = False,
 ):
     """Train one ensemble member.
 
@@ -191,12 +192,32 @@ def train_model(
             checkpoint of an unfinished epoch is not written).
         step_callback: ``f(step, model, loss_module)`` called after every optimizer step (the
             model is in training mode again when it returns).
+        data_parallel: train this member with ``DistributedDataParallel`` over the initialized
+            default process group (every rank calls this with the same arguments; see
+            :mod:`fastasd.distributed` and "Data-parallel training" below).
+
+    Data-parallel training: the global batches are the one-process batches (the same shuffle
+    generator on every rank); rank ``r`` takes the clips of
+    :func:`fastasd.distributed.mirrored_positions` (pairs of mixup partners), mixes them with the
+    global batch's mixup coefficients, i.e. the partners are those of the GLOBAL batch reversed,
+    exactly as in one process; the AdaCos scale is updated from the global batch
+    (:func:`fastasd.loss.global_updated_scale`, the same value on every rank); each rank's loss
+    is weighted by its share of the global batch so that DDP's gradient average is the gradient
+    of the global batch's mean loss. BatchNorm: ``SyncBatchNorm`` (global batch statistics) on
+    CUDA; on CPU (gloo has no SyncBatchNorm) each rank normalizes with its own share's
+    statistics, so the loss curve differs slightly from one process, and the running statistics
+    are averaged over the ranks after every epoch. A last batch smaller than ``2 * world_size``
+    clips is dropped each epoch. Rank 0 alone writes the checkpoint; on ``resume`` every rank
+    reads it (``out_dir`` on a file system all ranks see). Without BatchNorm the loss curve
+    equals the one-process curve up to float rounding (tests/test_distributed.py).
 
     Returns:
         ``(model, loss_module, encoder, history)``: the trained ``EmbeddingNet`` (eval mode, on
         ``device``), the ``SubclusterAdaCos`` with its centers and final scale, the fitted
         ``ClassEncoder`` and a list with one dict per epoch (``epoch``, ``step``, ``loss``: mean
-        training loss, ``scale``, ``seconds``, ``clips_per_second``).
+        training loss, ``scale``, ``seconds``, ``clips_per_second``, ``losses``: the loss of
+        every step; in data-parallel training these are the global batch's, the clip counts and
+        clips/s those of all ranks).
     """
     from tqdm.auto import tqdm
 
@@ -205,6 +226,17 @@ def train_model(
     from fastasd.loss import mixup
     from fastasd.model import l2_penalty
 
+    rank, world = 0, 1
+    if data_parallel:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            raise ValueError("train_model: data_parallel=True needs an initialized process group "
+                             "(run under torchrun through fastasd.train / fastasd train)")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if config.batch_size < 2 * world:
+            raise ValueError(f"train_model: data-parallel training on {world} processes needs "
+                             f"batch_size >= {2 * world} (2 clips per process), got {config.batch_size}")
     train_clips = [c for c in clips if c.split == "train"]
     if not train_clips:
         raise ValueError("train_model: no training clips (split == 'train') given")
@@ -215,6 +247,10 @@ def train_model(
     num_samples = config.num_samples
 
     model, loss_module = build_member(config, n_classes, seed, num_samples)
+    sync_bn = data_parallel and dev.type == "cuda"
+    if sync_bn:  # BatchNorm statistics over the global batch (CUDA only in PyTorch)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    loss_module.global_batch = data_parallel
     model.to(dev)
     loss_module.to(dev)
     params = list(model.parameters()) + [p for p in loss_module.parameters() if p.requires_grad]
@@ -240,6 +276,25 @@ def train_model(
                     start_epoch, step)
     elif resume and ckpt_file is None:
         raise ValueError("train_model: resume=True needs out_dir (where the checkpoints are)")
+    net = model
+    if data_parallel:
+        from torch.nn.parallel import DistributedDataParallel
+
+        from fastasd.distributed import all_equal
+
+        rows = all_equal([start_epoch, step], dev)
+        if rows is not None:
+            raise ValueError(f"train_model: the ranks resume from different points (epoch, step per "
+                             f"rank: {rows}); {ckpt_file} must be the same file on every rank "
+                             f"(out_dir on a shared file system)")
+        # The buffers (BatchNorm statistics) are synchronized at the start (DDP's initial
+        # broadcast from rank 0), not at every step: see the docstring.
+        import inspect
+
+        sync = ({"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                else {"broadcast_buffers": False})
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None, **sync)
 
     # ---- data ---------------------------------------------------------------------------
     cache_mib = len(train_clips) * num_samples * 4 / 2**20
@@ -247,22 +302,40 @@ def train_model(
     dataset = ClipDataset(train_clips, num_samples, sample_rate=config.sample_rate, encoder=encoder,
                           cache=cache, channel=config.channel)
     shuffle_gen = torch.Generator()
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=config.batch_size, shuffle=True, drop_last=False,
-        num_workers=config.num_workers, generator=shuffle_gen, pin_memory=dev.type == "cuda",
-        persistent_workers=False,
-    )
+    if data_parallel:
+        from fastasd.distributed import MirroredBatchSampler, mirrored_positions
+
+        # The one-process loader's order: DataLoader(shuffle=True) = RandomSampler(generator),
+        # and the loader draws its worker base seed from the same generator first.
+        batch_sampler = MirroredBatchSampler(
+            torch.utils.data.RandomSampler(dataset, generator=shuffle_gen), config.batch_size, rank, world)
+        global_sizes = batch_sampler.global_sizes()
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=batch_sampler, num_workers=config.num_workers,
+            generator=shuffle_gen, pin_memory=dev.type == "cuda", persistent_workers=False)
+        dropped = len(dataset) - sum(global_sizes)
+        if dropped and rank == 0:
+            logger.info("member %d: data-parallel on %d processes: the last %d clip(s) of each "
+                        "epoch's order are left out (fewer than 2 per process)", member, world, dropped)
+    else:
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size, shuffle=True, drop_last=False,
+            num_workers=config.num_workers, generator=shuffle_gen, pin_memory=dev.type == "cuda",
+            persistent_workers=False,
+        )
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * config.epochs
     if max_steps is not None:
         total_steps = min(total_steps, int(max_steps))
-    logger.info("member %d: %d training clips, %d classes, %d steps/epoch, %d epochs, device %s%s",
+    logger.info("member %d: %d training clips, %d classes, %d steps/epoch, %d epochs, device %s%s%s",
                 member, len(train_clips), n_classes, steps_per_epoch, config.epochs, dev,
-                f", autocast {autocast_dtype}" if autocast_dtype else "")
+                f", autocast {autocast_dtype}" if autocast_dtype else "",
+                f", data-parallel rank {rank} of {world}" if data_parallel else "")
 
     bar = tqdm(total=total_steps, initial=min(step, total_steps), unit="step",
                desc=f"train[{member}]" if config.ensemble_size > 1 else "train",
-               disable=(None if progress is None else not progress), file=sys.stderr, dynamic_ncols=True)
+               disable=(True if rank != 0 else None if progress is None else not progress),
+               file=sys.stderr, dynamic_ncols=True)
     model.train()
     loss_module.train()
     try:
@@ -272,28 +345,38 @@ def train_model(
             shuffle_gen.manual_seed(_epoch_seed(seed, epoch, _SHUFFLE))
             mix_gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch, _MIXUP))
             t0 = time.perf_counter()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+            step_losses = []
             n_clips = n_steps = 0
             for waves, targets in loader:
                 waves = waves.to(dev, non_blocking=True)
                 onehot = torch.nn.functional.one_hot(targets.to(dev), n_classes).float()
+                if data_parallel:
+                    global_size = global_sizes[n_steps]
+                    positions = mirrored_positions(global_size, rank, world)
                 if config.mixup:
-                    waves, onehot = mixup(waves, onehot, mix_gen, label_rule=config.mixup_label)
+                    where = {"positions": positions, "batch_size": global_size} if data_parallel else {}
+                    waves, onehot = mixup(waves, onehot, mix_gen, label_rule=config.mixup_label, **where)
                 with (torch.autocast(device_type=dev.type, dtype=autocast_dtype)
                       if autocast_dtype is not None else contextlib.nullcontext()):
-                    emb = model(waves)
+                    emb = net(waves)
                 # The loss (and the L2 term) in float32, outside autocast.
                 loss = loss_module(emb.float(), onehot)
+                if data_parallel:
+                    # DDP averages the ranks' gradients: weight each rank's mean by its share
+                    loss = loss * (waves.shape[0] * world / global_size)
                 if config.l2 > 0:
                     loss = loss + config.l2 * l2_penalty(model)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if data_parallel and loss_module.trainable_centers:  # not inside DDP
+                    dist.all_reduce(loss_module.centers.grad)
+                    loss_module.centers.grad.div_(world)
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
                 n_steps += 1
-                n_clips += waves.shape[0]
-                loss_sum += loss.detach().double()
+                n_clips += global_size if data_parallel else waves.shape[0]
+                step_losses.append(loss.detach())
                 if n_steps % 10 == 1 or n_steps == steps_per_epoch:
                     # reading the loss synchronizes with the GPU: only every 10 steps
                     value = float(loss.detach())
@@ -310,10 +393,21 @@ def train_model(
                     loss_module.train()
                 if max_steps is not None and step >= max_steps:
                     break
+            losses = torch.stack(step_losses).double() if step_losses else torch.zeros(0, dtype=torch.float64, device=dev)
+            if data_parallel:
+                # the global loss: the mean of the ranks' weighted losses (the L2 term is the same
+                # on every rank); BatchNorm running statistics: their mean over the ranks
+                dist.all_reduce(losses)
+                losses /= world
+                if not sync_bn:
+                    from fastasd.distributed import average_batchnorm_statistics
+
+                    average_batchnorm_statistics(model)
+            losses = losses.cpu().tolist()
             seconds = time.perf_counter() - t0
-            record = {"epoch": epoch + 1, "step": step, "loss": float(loss_sum) / max(n_steps, 1),
+            record = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / max(n_steps, 1),
                       "scale": float(loss_module.scale), "seconds": seconds,
-                      "clips_per_second": n_clips / max(seconds, 1e-9)}
+                      "clips_per_second": n_clips / max(seconds, 1e-9), "losses": losses}
             if n_steps < steps_per_epoch:  # stopped by max_steps: not a finished epoch
                 record["partial"] = True
                 history.append(record)
@@ -322,11 +416,20 @@ def train_model(
             logger.info("member %d epoch %d/%d: loss %.4f, scale %.3f, %.1f clips/s", member,
                         epoch + 1, config.epochs, record["loss"], record["scale"],
                         record["clips_per_second"])
-            if ckpt_file is not None:
+            if ckpt_file is not None and rank == 0:
                 _save_checkpoint(ckpt_file, model, loss_module, optimizer, scaler, config, encoder,
                                  member, epoch + 1, step, history)
+            if data_parallel and ckpt_file is not None:
+                dist.barrier()  # the checkpoint is complete before any rank goes on
     finally:
         bar.close()
+    if sync_bn:  # back to a plain EmbeddingNet (the same state dict keys)
+        from fastasd.model import EmbeddingNet
+
+        plain = EmbeddingNet(config, num_samples)
+        plain.load_state_dict(model.state_dict())
+        model = plain.to(dev)
+    loss_module.global_batch = False
     model.eval()
     loss_module.eval()
     return model, loss_module, encoder, history
@@ -391,6 +494,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="JSON", default=None,
                         help="a config.json (e.g. of a saved model) as the base instead of --preset")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--data-parallel", action="store_true",
+                        help="under torchrun: train each ensemble member with DistributedDataParallel "
+                             "over all processes (each global batch of --batch-size clips split over "
+                             "them) instead of one member per process (the default)")
     group = parser.add_argument_group("configuration (default: the preset's value)")
     for name, typ, default, help_text, choices in Config.fields_help():
         if name in _CLI_SKIP:
@@ -430,10 +537,14 @@ def run_cli(args: argparse.Namespace) -> int:
     try:
         detector = api.train(args.data_root, out_dir=args.out, config=config,
                              ground_truth=args.ground_truth, resume=args.resume,
-                             progress=False if args.no_progress else None)
+                             progress=False if args.no_progress else None,
+                             data_parallel=args.data_parallel)
     except (ValueError, FileNotFoundError, RuntimeError, AudioError) as e:
-        print(f"fastasd train: {e}", file=sys.stderr)
+        rank = f" (rank {os.environ['RANK']})" if "RANK" in os.environ else ""
+        print(f"fastasd train{rank}: {e}", file=sys.stderr)
         return 2
+    if detector is None:  # a torchrun rank other than 0: rank 0 saved the model
+        return 0
     print(f"trained {len(detector.models)} model(s) on {detector.info.get('n_train_clips', '?')} clips "
           f"({len(detector.encoder)} classes, {len(detector.known_sections)} sections) in "
           f"{time.perf_counter() - t0:.0f} s; saved to {args.out}")
