@@ -75,10 +75,11 @@ def _err(a, b) -> float:
     return 0.0 if a.numel() == 0 else (a.detach().double().cpu() - b.detach().double().cpu()).abs().max().item()
 
 
-def _compare(check_close, emb, centers, targets, scale, K, update, centers_grad=True, what=""):
-    """The native op vs the float64 reference (and the float32 reference for the tolerance)."""
+def _compare(check_close, emb, centers, targets, scale, K, update, centers_grad=True, what="", run=None):
+    """The native op (or ``run``, a function like :func:`_run`'s ``fn`` argument bound in) vs the
+    float64 reference (and the float32 reference for the tolerance)."""
     dtype, device = emb.dtype, emb.device
-    ours = _run(_native, emb, centers, targets, scale, K, update, centers_grad)
+    ours = (run or (lambda *a: _run(_native, *a)))(emb, centers, targets, scale, K, update, centers_grad)
     d64 = lambda t: t.to(dtype=torch.float64, device="cpu")
     ref64 = _run(reference.subcluster_adacos, d64(emb), d64(centers), d64(targets), scale, K, update, centers_grad)
     ref32 = (_run(reference.subcluster_adacos, emb, centers, targets, scale, K, update, centers_grad)
