@@ -65,9 +65,10 @@ __device__ __forceinline__ double dacos(double x) { return acos(x); }
 
 template <typename T> __device__ __forceinline__ T neg_inf() { return -INFINITY; }
 
-// Merge two (max, sum of exp(v - max)) pairs.
+// Merge two (max, sum of exp(v - max)) pairs. A NaN max wins (so a NaN row stays NaN, even
+// when merged into an empty (-inf, 0) pair).
 template <typename T> __device__ __forceinline__ void lse_merge(T& m, T& s, T m2, T s2) {
-  if (m2 > m) {
+  if (m2 > m || m2 != m2) {
     const T t = m; m = m2; m2 = t;
     const T u = s; s = s2; s2 = u;
   }

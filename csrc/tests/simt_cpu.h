@@ -12,7 +12,8 @@
 //   - __syncthreads() is a barrier of the block's threads; a thread that returns drops out of it
 //     (as exited warps do on the GPU);
 //   - dynamic shared memory (FASTASD_DYNAMIC_SMEM) is a per-block buffer filled with 0xFF bytes
-//     (NaN for floats) at each block start, so reading it before writing shows; static
+//     (NaN for floats) at each block start and, in a cluster, when the block has finished, so
+//     reading it before it is written or after its block left shows; static
 //     `__shared__` variables are function statics, valid because blocks run one at a time (a
 //     cluster launch with more than one block refuses them);
 //   - warp shuffles exchange values through a per-warp buffer and a barrier keyed on the mask, so
@@ -139,6 +140,7 @@ struct Warp {
 
 struct Block {
   std::unique_ptr<Barrier> sync;  // __syncthreads
+  std::atomic<int> alive{0};      // threads that have not returned
   std::vector<unsigned char> smem_storage;
   unsigned char* smem = nullptr;  // 16-byte aligned
   std::vector<std::unique_ptr<Warp>> warps;
@@ -314,7 +316,7 @@ void launch(const Config& cfg, Kernel kernel, const Args&... args) {
   L.nthreads = int(nt);
   L.nworkers = int(nt) * cfg.cluster;
   L.threads = std::vector<ThreadState>(size_t(L.nworkers));
-  L.blocks.resize(size_t(cfg.cluster));
+  L.blocks = std::vector<Block>(size_t(cfg.cluster));
   const int nwarps = int((nt + 31) / 32);
   for (Block& b : L.blocks) {
     b.sync = std::make_unique<Barrier>(&L, "__syncthreads");
@@ -334,6 +336,7 @@ void launch(const Config& cfg, Kernel kernel, const Args&... args) {
   auto reset_cluster = [&L, &cfg]() {
     for (Block& b : L.blocks) {
       b.sync->reset(L.nthreads);
+      b.alive.store(L.nthreads);
       if (b.smem != nullptr) std::memset(b.smem, 0xFF, cfg.smem);
       for (auto& w : b.warps) {
         std::lock_guard<std::mutex> lk(w->m);
@@ -368,6 +371,9 @@ void launch(const Config& cfg, Kernel kernel, const Args&... args) {
           w.exited |= 1u << (ctx.tid % 32);
         }
         b.sync->arrive_and_drop();
+        // A finished block's shared memory is gone: poison it for the blocks of its cluster
+        // that might still read it (through map_shared_rank) (a race ThreadSanitizer reports).
+        if (b.alive.fetch_sub(1) == 1 && b.smem != nullptr && L.cluster > 1) std::memset(b.smem, 0xFF, cfg.smem);
         L.cluster_sync->arrive_and_drop();
         L.progress.fetch_add(1, std::memory_order_relaxed);
         if (c + 1 < nclusters) {

@@ -17,9 +17,11 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +31,21 @@ ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 DRIVERS = CSRC / "tests" / "emulated"
 OPS = ("min_cosine_distance", "stft_magnitude", "subcluster_adacos")
+OPS_TESTS = ROOT / "tests" / "ops"
+
+
+def load_ops_module(name: str):
+    """tests/ops/<name>.py as a module, so the emulated tests use the CPU operator tests' cases,
+    inputs, tolerances and checks instead of copies (pytest collects that file on its own)."""
+    key = f"_fastasd_ops_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, OPS_TESTS / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[key] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[key]
+
+
 
 
 class EmuDevice(ctypes.Structure):

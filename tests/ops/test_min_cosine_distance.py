@@ -58,6 +58,28 @@ def test_exact_match_and_zero_query():
     assert ((out >= -1e-12) & (out <= 2 + 1e-12)).all()
 
 
+def check_nan_contract(fn, dtypes=(torch.float32, torch.float64)):
+    """NaN contract: a NaN in a query row gives NaN for that query, a NaN in a reference row NaN for
+    every query of its group; the rest matches the reference. fn(queries, refs, query_group,
+    ref_offsets) is the implementation under test (also used by tests/emulated)."""
+    torch.manual_seed(1)
+    q, r, g, off = make(60, 12, [3, 4, 2])
+    q[5, 7] = float("nan")
+    r[4, 0] = float("nan")  # group 1
+    expect = g == 1
+    expect[5] = True
+    ref = reference.min_cosine_distance(q, r, g, off)
+    assert torch.equal(torch.isnan(ref), expect)
+    for dtype in dtypes:
+        out = fn(q.to(dtype), r.to(dtype), g, off)
+        assert torch.equal(torch.isnan(out), expect), (dtype, torch.isnan(out).nonzero().flatten().tolist())
+        torch.testing.assert_close(out[~expect].double(), ref[~expect], rtol=0, atol=TOL[dtype])
+
+
+def test_cpu_nan_propagates():
+    check_nan_contract(op)
+
+
 def test_public_wrapper_dispatches_to_native():
     q, r, g, off = make(20, 16, [2, 5], dtype=torch.float32)
     assert _backend.use_native("min_cosine_distance", "cpu")

@@ -69,6 +69,30 @@ def test_batch_rows_are_independent():
                                    rtol=0, atol=1e-5)
 
 
+def check_nan_contract(fn, dtypes=(torch.float32, torch.float64)):
+    """NaN contract: a NaN sample gives NaN in every bin of the frames that contain it and, with
+    normalize, in every bin of its clip; the other clip matches the reference. fn(waveforms,
+    n_fft, hop, normalize) is the implementation under test (also used by tests/emulated)."""
+    n_fft, hop = 512, 128
+    x = torch.randn(2, 4000, dtype=torch.float64)
+    x[0, 1000] = float("nan")
+    T = 1 + (4000 - n_fft) // hop
+    frames = torch.tensor([t * hop <= 1000 < t * hop + n_fft for t in range(T)])
+    for normalize in (False, True):
+        ref = reference.stft_magnitude(x, n_fft, hop, normalize)
+        expect = torch.zeros_like(ref, dtype=torch.bool)
+        expect[0] = True if normalize else frames[:, None]
+        assert torch.equal(torch.isnan(ref), expect)
+        for dtype in dtypes:
+            out = fn(x.to(dtype), n_fft, hop, normalize)
+            assert torch.equal(torch.isnan(out), expect), (dtype, normalize)
+            torch.testing.assert_close(out[1].double(), ref[1], rtol=0, atol=1e-3)
+
+
+def test_cpu_nan_propagates():
+    check_nan_contract(op)
+
+
 def test_public_wrapper_dispatches_to_native():
     x = torch.randn(2, 3000)
     assert _backend.use_native("stft_magnitude", "cpu")
