@@ -7,15 +7,16 @@
 // Model (what a launch does):
 //   - one host thread per CUDA thread of a block; threadIdx/blockIdx/blockDim/gridDim are
 //     thread_local; warps are 32 consecutive linear thread ids, as on the GPU;
-//   - blocks run one after another (one cluster at a time); the blocks of a thread-block cluster
-//     run concurrently, so cluster.sync() and map_shared_rank() behave as on sm_90;
+//   - blocks run one after another, or Config::concurrent of them at a time (to expose races
+//     between blocks); the blocks of a thread-block cluster run concurrently, so cluster.sync()
+//     and map_shared_rank() behave as on sm_90;
 //   - __syncthreads() is a barrier of the block's threads; a thread that returns drops out of it
 //     (as exited warps do on the GPU);
 //   - dynamic shared memory (FASTASD_DYNAMIC_SMEM) is a per-block buffer filled with 0xFF bytes
 //     (NaN for floats) at each block start and, in a cluster, when the block has finished, so
 //     reading it before it is written or after its block left shows; static
 //     `__shared__` variables are function statics, valid because blocks run one at a time (a
-//     cluster launch with more than one block refuses them);
+//     launch that runs several blocks at once refuses them);
 //   - warp shuffles exchange values through a per-warp buffer and a barrier keyed on the mask, so
 //     sub-warp masks work; a lane outside its own mask or a source lane outside the mask fails;
 //   - atomics are std::atomic_ref operations, __threadfence a sequentially consistent RMW;
@@ -23,12 +24,14 @@
 //     fmax/fmin and drop NaN, as on the GPU); results are IEEE (no --use_fast_math approximations).
 //   - a deadlock (every live thread waits at a barrier that can no longer complete) fails the
 //     launch at once with the waiting sites; a watchdog fails it when no barrier completes for
-//     FASTASD_SIMT_WATCHDOG_S seconds (default 300).
+//     FASTASD_SIMT_WATCHDOG_S seconds (default 300), and exits the process if the threads
+//     still do not stop as long again (they spin without reaching a barrier).
 // A failed launch throws simt::LaunchError from simt::launch with the first failure's message.
 #pragma once
 
 #include <math.h>  // the float overloads of sqrt, fmax, ... in the global namespace, as in CUDA
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -157,7 +160,7 @@ struct Launch {
   std::vector<Barrier*> registry;   // every barrier of the launch (woken when it fails)
   dim3 grid, block;
   size_t smem_bytes = 0;
-  int cluster = 1, nthreads = 0, nworkers = 0;
+  int cluster = 1, nthreads = 0, nworkers = 0;  // cluster: the blocks of a cluster (1: none)
   std::vector<Block> blocks;  // the blocks running now (one cluster)
   std::unique_ptr<Barrier> cluster_sync, step;
   std::vector<ThreadState> threads;
@@ -278,9 +281,9 @@ inline unsigned char* dynamic_smem() {
 
 struct StaticSharedUse {
   StaticSharedUse() {
-    if (ctx.L != nullptr && ctx.L->cluster > 1)
-      fail_here("static __shared__ in a cluster launch: the emulator runs a cluster's blocks at once, "
-                "so use FASTASD_DYNAMIC_SMEM there");
+    if (ctx.L != nullptr && ctx.L->blocks.size() > 1)
+      fail_here("static __shared__ in a launch that runs several blocks at once (a cluster, or "
+                "Config::concurrent > 1): use FASTASD_DYNAMIC_SMEM there");
   }
 };
 
@@ -291,6 +294,8 @@ struct Config {
   dim3 grid, block;
   size_t smem = 0;  // dynamic shared memory bytes
   int cluster = 1;  // blocks per cluster (along x)
+  int concurrent = 1;  // without clusters: blocks run at once (their kernels must not use static
+                       // __shared__ variables)
 };
 
 inline double watchdog_seconds() {
@@ -303,7 +308,8 @@ template <class Kernel, class... Args>
 void launch(const Config& cfg, Kernel kernel, const Args&... args) {
   const unsigned nt = cfg.block.x * cfg.block.y * cfg.block.z;
   if (nt == 0 || nt > 1024) throw LaunchError("simt: block of " + std::to_string(nt) + " threads (1..1024)");
-  if (cfg.cluster < 1 || cfg.cluster > 16 || cfg.grid.x % unsigned(cfg.cluster) != 0)
+  if (cfg.cluster < 1 || cfg.cluster > 16 || cfg.grid.x % unsigned(cfg.cluster) != 0 || cfg.concurrent < 1 ||
+      (cfg.cluster > 1 && cfg.concurrent > 1))
     throw LaunchError("simt: grid.x=" + std::to_string(cfg.grid.x) + " is not a multiple of the cluster size " +
                       std::to_string(cfg.cluster));
   const uint64_t nblocks = uint64_t(cfg.grid.x) * cfg.grid.y * cfg.grid.z;
@@ -314,9 +320,10 @@ void launch(const Config& cfg, Kernel kernel, const Args&... args) {
   L.smem_bytes = cfg.smem;
   L.cluster = cfg.cluster;
   L.nthreads = int(nt);
-  L.nworkers = int(nt) * cfg.cluster;
+  const int at_once = cfg.cluster > 1 ? cfg.cluster : int(std::min<uint64_t>(uint64_t(cfg.concurrent), nblocks));
+  L.nworkers = int(nt) * at_once;
   L.threads = std::vector<ThreadState>(size_t(L.nworkers));
-  L.blocks = std::vector<Block>(size_t(cfg.cluster));
+  L.blocks = std::vector<Block>(size_t(at_once));
   const int nwarps = int((nt + 31) / 32);
   for (Block& b : L.blocks) {
     b.sync = std::make_unique<Barrier>(&L, "__syncthreads");
@@ -330,7 +337,7 @@ void launch(const Config& cfg, Kernel kernel, const Args&... args) {
   L.cluster_sync = std::make_unique<Barrier>(&L, "cluster.sync");
   L.step = std::make_unique<Barrier>(&L, "(end of block)");
   L.running.store(L.nworkers);
-  const uint64_t nclusters = nblocks / uint64_t(cfg.cluster);
+  const uint64_t nrounds = (nblocks + uint64_t(at_once) - 1) / uint64_t(at_once);
 
   // Between clusters the workers meet at `step`; worker 0 resets the per-block state meanwhile.
   auto reset_cluster = [&L, &cfg]() {
@@ -358,11 +365,11 @@ void launch(const Config& cfg, Kernel kernel, const Args&... args) {
     threadIdx = {ctx.tid % cfg.block.x, (ctx.tid / cfg.block.x) % cfg.block.y,
                  ctx.tid / (cfg.block.x * cfg.block.y)};
     try {
-      for (uint64_t c = 0; c < nclusters; ++c) {
-        const uint64_t lb = c * uint64_t(cfg.cluster) + uint64_t(ctx.rank);
+      for (uint64_t c = 0; c < nrounds; ++c) {
+        const uint64_t lb = c * uint64_t(at_once) + uint64_t(ctx.rank);
         blockIdx = {unsigned(lb % cfg.grid.x), unsigned((lb / cfg.grid.x) % cfg.grid.y),
                     unsigned(lb / (uint64_t(cfg.grid.x) * cfg.grid.y))};
-        kernel(args...);
+        if (lb < nblocks) kernel(args...);  // (the last round may have fewer blocks)
         // The thread has returned: it leaves its block's and cluster's barriers.
         Block& b = my_block();
         {
@@ -376,7 +383,7 @@ void launch(const Config& cfg, Kernel kernel, const Args&... args) {
         if (b.alive.fetch_sub(1) == 1 && b.smem != nullptr && L.cluster > 1) std::memset(b.smem, 0xFF, cfg.smem);
         L.cluster_sync->arrive_and_drop();
         L.progress.fetch_add(1, std::memory_order_relaxed);
-        if (c + 1 < nclusters) {
+        if (c + 1 < nrounds) {
           L.step->arrive_and_wait();  // everybody is done with cluster c ...
           if (index == 0) reset_cluster();
           L.step->arrive_and_wait();  // ... and the state is reset for cluster c + 1
@@ -411,6 +418,12 @@ void launch(const Config& cfg, Kernel kernel, const Args&... args) {
         last = now;
         since = std::chrono::steady_clock::now();
       } else if (std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count() > limit) {
+        if (L.failed.load()) {
+          // Failed, and still no thread finished: they loop without reaching a barrier.
+          std::fprintf(stderr, "simt: %s; the kernel threads do not stop (a loop without barriers): exiting\n",
+                       L.message.c_str());
+          std::_Exit(70);
+        }
         L.fail("watchdog: no barrier completed for " + std::to_string(limit) + " s; " + L.waiting_summary());
         since = std::chrono::steady_clock::now();
       }
@@ -581,7 +594,11 @@ struct thread_block {
 };
 inline thread_block this_thread_block() { return {}; }
 struct cluster_group {
-  void sync() const { simt::ctx.L->cluster_sync->arrive_and_wait(); }
+  void sync() const {
+    if (simt::ctx.L->cluster == 1 && simt::ctx.L->blocks.size() > 1)
+      simt::fail_here("cluster.sync() in a launch without clusters that runs several blocks at once");
+    simt::ctx.L->cluster_sync->arrive_and_wait();
+  }
   unsigned int num_blocks() const { return unsigned(simt::ctx.L->cluster); }
   unsigned int block_rank() const { return unsigned(simt::ctx.rank); }
   // The address in block `rank`'s shared memory that corresponds to p in this block's.

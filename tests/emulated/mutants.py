@@ -3,6 +3,8 @@ each), runs that op's emulated tests against each copy (FASTASD_EMULATED_CUDA_DI
 which were caught:
 
     python tests/emulated/mutants.py [--out benchmarks/results/emulated_mutants.md] [NAME ...]
+
+A copy the plain run misses is run again under ThreadSanitizer (on the subset .ci/run uses).
 """
 from __future__ import annotations
 
@@ -63,7 +65,11 @@ MUTANTS = [
 ]
 
 
-def run_one(name, op, old, new, timeout):
+# The ThreadSanitizer subset of .ci/run.
+TSAN_K = "7-5-sizes0 or 257-256 or 2-200-16-7 or 2-4000-400-160 or 3-7-5-3 or small_angles or nan_propagates"
+
+
+def run_one(name, op, old, new, timeout, tsan=False):
     with tempfile.TemporaryDirectory(prefix="fastasd-mutant-") as tmp:
         for f in CUDA.iterdir():
             shutil.copy(f, tmp)
@@ -72,9 +78,15 @@ def run_one(name, op, old, new, timeout):
         assert text.count(old) == 1, f"{name}: the original text occurs {text.count(old)} times"
         path.write_text(text.replace(old, new))
         env = dict(os.environ, FASTASD_EMULATED_CUDA_DIR=tmp, FASTASD_SIMT_WATCHDOG_S="60")
+        extra = []
+        if tsan:
+            libtsan = subprocess.run(["g++", "-print-file-name=libtsan.so"], capture_output=True, text=True).stdout
+            env.update(FASTASD_EMULATED_SANITIZE="thread", LD_PRELOAD=libtsan.strip(),
+                       TSAN_OPTIONS="halt_on_error=1 exitcode=66")
+            extra = ["-k", TSAN_K]
         t0 = time.time()
         try:
-            r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+            r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *extra,
                                 f"tests/emulated/test_emulated_{op}.py"], cwd=ROOT, env=env, capture_output=True,
                                text=True, timeout=timeout)
             out, rc = r.stdout + r.stderr, r.returncode
@@ -85,6 +97,9 @@ def run_one(name, op, old, new, timeout):
         for l in out.splitlines():
             if l.startswith("E ") and ("Error" in l or "assert" in l or "deadlock" in l or "mask" in l):
                 why = l[1:].strip()[:160]
+                break
+            if "WARNING: ThreadSanitizer" in l:
+                why = l.strip()[:160]
                 break
         return rc != 0, (failed[0] if failed else out.strip().splitlines()[-1] if out.strip() else ""), why, time.time() - t0
 
@@ -100,14 +115,20 @@ def main() -> int:
         if args.names and not any(s in name for s in args.names):
             continue
         caught, first, why, secs = run_one(name, op, old, new, args.timeout)
-        print(f"{'CAUGHT' if caught else 'missed'} {secs:6.1f}s {name}: {first} {why}", flush=True)
-        rows.append((name, caught, first, why, secs))
+        how = "tests" if caught else "no"
+        if not caught:
+            caught, first, why, secs2 = run_one(name, op, old, new, args.timeout, tsan=True)
+            how, secs = ("ThreadSanitizer" if caught else "**no**"), secs + secs2
+        print(f"{how:16s} {secs:6.1f}s {name}: {first} {why}", flush=True)
+        rows.append((name, how, first, why, secs))
+    n_caught = sum(r[1] != "**no**" for r in rows)
     lines = ["# Broken kernels against the emulated tests", "",
-             f"`python tests/emulated/mutants.py` ({sum(r[1] for r in rows)} of {len(rows)} caught)", "",
-             "| broken copy | caught | first failing test | why |", "|---|---|---|---|"]
-    for name, caught, first, why, _ in rows:
+             f"`python tests/emulated/mutants.py`: {n_caught} of {len(rows)} caught "
+             f"({sum(r[1] == 'tests' for r in rows)} by the plain run, the others only under ThreadSanitizer).", "",
+             "| broken copy | caught by | first failing test | why |", "|---|---|---|---|"]
+    for name, how, first, why, _ in rows:
         cell = lambda s: s.replace("|", "\\|")
-        lines.append(f"| {cell(name)} | {'yes' if caught else '**no**'} | {cell(first)} | {cell(why)} |")
+        lines.append(f"| {cell(name)} | {how} | {cell(first)} | {cell(why)} |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     return 0
 

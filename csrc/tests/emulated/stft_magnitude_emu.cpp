@@ -8,9 +8,12 @@ using namespace fastasd;
 
 namespace {
 
+// Without clusters two blocks run at once (the kernels use only dynamic shared memory), so a race
+// between blocks (e.g. on the per-bin sums) can show.
 template <typename T, Mode M, bool POW2>
 void run(const StftParams& p, const StftLaunch& l) {
-  simt::launch(simt::Config{dim3(unsigned(l.blocks)), dim3(kThreads), l.smem, M == Mode::Cluster ? l.cluster : 1},
+  simt::launch(simt::Config{dim3(unsigned(l.blocks)), dim3(kThreads), l.smem, M == Mode::Cluster ? l.cluster : 1,
+                            M == Mode::Cluster ? 1 : 2},
                stft_magnitude_kernel<T, M, POW2>, p);
 }
 
@@ -30,7 +33,7 @@ std::string stft_typed(const T* x, T* out, int64_t B, int64_t N, int n, int64_t 
 
   std::vector<T> win = garbage<T>(size_t(n));
   std::vector<T2> tw = garbage<T2>(size_t(POW2 ? H : n)), post = garbage<T2>(size_t(H + 1));
-  simt::launch(simt::Config{dim3(unsigned(stft_tables_blocks(n))), dim3(256), 0, 1}, stft_tables_kernel<T>,
+  simt::launch(simt::Config{dim3(unsigned(stft_tables_blocks(n))), dim3(256), 0, 1, 2}, stft_tables_kernel<T>,
                win.data(), tw.data(), post.data(), n, H, POW2);
 
   StftParams p{};
