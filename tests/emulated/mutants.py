@@ -4,7 +4,8 @@ which were caught:
 
     python tests/emulated/mutants.py [--out benchmarks/results/emulated_mutants.md] [NAME ...]
 
-A copy the plain run misses is run again under ThreadSanitizer (on the subset .ci/run uses).
+A copy the plain run misses is run again under ThreadSanitizer (on TSAN_K: small cases, both
+dtypes, the NaN and small-angle tests; .ci/run's subset is its float32 part without those).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ MUTANTS = [
 ]
 
 
-# The ThreadSanitizer subset of .ci/run.
+# The tests a missed copy runs under ThreadSanitizer.
 TSAN_K = "7-5-sizes0 or 257-256 or 2-200-16-7 or 2-4000-400-160 or 3-7-5-3 or small_angles or nan_propagates"
 
 
