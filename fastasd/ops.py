@@ -65,7 +65,12 @@ def min_cosine_distance(
     Returns:
         ``[N]``: ``d[i] = 1 - max_{j in group(i)} <q_i, r_j> / (max(|q_i|, eps) max(|r_j|, eps))``,
         ``eps = 1e-12``, in ``[0, 2]`` (higher = farther = more anomalous). The ``N x M``
-        similarity matrix is never built. No gradient.
+        similarity matrix is never built. No gradient. NaN propagates: a NaN in a query row
+        gives NaN for that query, a NaN in a reference row NaN for every query of its group.
+        On CUDA the values of ``query_group`` / ``ref_offsets`` are checked on the device
+        without a host sync: bad ones give NaN, and the ``ValueError`` is raised by a later call
+        on that device once the GPU has finished (``FASTASD_CUDA_CHECK_VALUES=sync``: by the
+        faulty call itself; ``=0``: never).
     """
     if _native("min_cosine_distance", queries.device.type):
         return torch.ops.fastasd.min_cosine_distance.default(queries, refs, query_group, ref_offsets)
@@ -136,7 +141,9 @@ def subcluster_adacos(
         ``(0, scale)``. Gradients flow to ``embeddings`` and ``centers``; none to the scale (it
         is returned detached) or to ``targets``. For the backward the native op keeps the
         ``[B, C*K]`` cosines, the ``[C*K]`` inverse column norms and the ``[B]`` / ``[B, C]``
-        log-sum-exps (no exponentials), so that its backward needs one GEMM, not two.
+        log-sum-exps (no exponentials), so that its backward needs one GEMM, not two. NaN
+        propagates: a NaN in an embedding or a center gives a NaN loss (and scale, when
+        updated) and NaN gradients where it flows.
     """
     if _native("subcluster_adacos", embeddings.device.type):
         loss, s, *_ = torch.ops.fastasd.subcluster_adacos.default(

@@ -5,6 +5,9 @@ the compiled extension is missing (``FASTASD_BACKEND=reference``). The native op
 ``csrc/`` implement exactly these contracts; the system calls them through ``fastasd.ops``.
 
 All three work in the dtype of their inputs (tests call them in float64 as the reference).
+
+NaN contract (every implementation, CPU and CUDA, holds it): NaN propagates, it is never dropped
+by a maximum or a clamp. See each function's docstring for where it goes.
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ def stft_magnitude(waveforms: torch.Tensor, n_fft: int, hop: int, normalize: boo
     Returns:
         ``[B, T, F]`` with ``T = 1 + (N - n_fft) // hop`` frames (no centering, no padding) and
         ``F = n_fft // 2 + 1`` bins: ``|sum_n w[n] x[t*hop + n] exp(-2 pi i k n / n_fft)|``.
+        A NaN sample gives NaN in every bin of the frames that contain it and, with
+        ``normalize``, in every bin of its clip (the mean is NaN).
     """
     op = "stft_magnitude"
     _check(waveforms.dim() == 2, op, f"waveforms must be [B, N], got shape {tuple(waveforms.shape)}")
@@ -123,7 +128,8 @@ def subcluster_adacos(
     Returns:
         ``(loss, s)``: ``loss = mean_b -sum_c targets[b,c] * log p[b,c]`` with
         ``p[b,c] = sum_{j in class c} softmax_j(s * cos[b, j])``, and the scale used (0-dim).
-        Gradients flow to embeddings (and centers); none to the scale.
+        Gradients flow to embeddings (and centers); none to the scale. A NaN in an embedding
+        or a center gives a NaN loss (and scale, when updated) and NaN gradients where it flows.
     """
     op = "subcluster_adacos"
     _check(embeddings.dim() == 2, op, f"embeddings must be [B, D], got {tuple(embeddings.shape)}")
@@ -164,7 +170,9 @@ def min_cosine_distance(
         ref_offsets: ``[G+1]`` int64, non-decreasing, ``ref_offsets[0] == 0``, ``ref_offsets[G] == M``.
 
     Returns:
-        ``[N]`` distances in ``[0, 2]`` (higher = farther = more anomalous).
+        ``[N]`` distances in ``[0, 2]`` (higher = farther = more anomalous). A NaN in a query row
+        gives NaN for that query; a NaN in a reference row gives NaN for every query of that
+        reference's group.
     """
     op = "min_cosine_distance"
     _check(queries.dim() == 2 and refs.dim() == 2, op,

@@ -3,6 +3,9 @@
 //
 //   out[i] = 1 - max_{j in group(i)} <q_i, r_j / max(|r_j|, eps)> / max(|q_i|, eps)
 //
+// NaN contract (fastasd/reference.py): a NaN in a query row gives NaN for that query, a NaN in a
+// reference row NaN for every query of its group (the maxima below let NaN win).
+//
 // (a positive scale of q_i commutes with the max, so each query is normalized once, after the
 // max). The references of each group are normalized once and stored transposed, [D, Rp], with
 // Rp = R rounded up to 64 bytes and zero padding. A register tile of Q queries of one group
@@ -89,8 +92,9 @@ FASTASD_ALWAYS_INLINE void chunk_max(const T* const* q, const T* const* pf, cons
       for (int a = 0; a < Q; ++a) acc[a][v] = keep ? acc[a][v] : ninf;
     }
   }
+  // NaN-propagating lane max (NaN contract: a NaN reference row makes its group's results NaN).
   for (int a = 0; a < Q; ++a)
-    for (int v = 0; v < NV; ++v) run[a] = run[a] > acc[a][v] ? run[a] : acc[a][v];
+    for (int v = 0; v < NV; ++v) run[a] = (run[a] > acc[a][v]) | (run[a] != run[a]) ? run[a] : acc[a][v];
 }
 
 template <typename T, int VB>
@@ -132,7 +136,7 @@ FASTASD_ALWAYS_INLINE void tile_max_dot(const T* const* rows, int n, const T* rt
     for (; c < Rp; c += VL, pf = nullptr) chunk_max<T, VB, Q, 1>(q, pf, rt + c, Rp, D, R - c, run);
     for (int a = 0; a < Q && a0 + a < n; ++a) {
       T m = run[a][0];
-      for (int l = 1; l < VL; ++l) m = std::max(m, run[a][l]);
+      for (int l = 1; l < VL; ++l) m = (m > run[a][l] || m != m) ? m : run[a][l];  // (NaN wins)
       best[a0 + a] = m;
       sq[a0 + a] = squared_norm<T, VB>(q[a], D);
     }

@@ -23,24 +23,20 @@
 //     passes. Pass 1 recomputes nothing but per-bin sums (atomicAdd into a float64 [B, F]
 //     buffer, no output written); pass 2 recomputes the frames and writes |X| - mean. The
 //     waveform is read twice, the output written once; still no framed/complex intermediate.
-// FASTASD_STFT_CLUSTER=0 disables the cluster path (to test or compare the two-pass path).
-// Narrow includes on purpose: ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE headers, which a
-// bare CUDA toolkit (as on the CI image) may not have.
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cooperative_groups.h>
-#include <cuda_runtime.h>
-#include <torch/library.h>
-
+// FASTASD_STFT_CLUSTER=0 disables the cluster path (to compare the two-pass path; read once per
+// process). The device properties, the kernels' shared-memory attributes, the cluster occupancy
+// answers and the tables are cached per device (tables per (device, n_fft, dtype)), so a call
+// queries nothing and launches only the STFT kernels.
+//
+// NaN contract (fastasd/reference.py): a NaN sample gives NaN in every bin of the frames that
+// contain it and, with normalize, in every normalized bin of its clip (the mean is NaN).
+//
+// The device code (kernels + launch geometry) comes first; the host part (torch, CUDA runtime)
+// is skipped when the SIMT emulator of the tests compiles this file (FASTASD_SIMT_CPU).
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
-#include <vector>
+#include <cstdint>
 
-#include "checks.h"
+#include "device_common.h"
 
 namespace fastasd {
 namespace {
@@ -253,7 +249,7 @@ template <typename T, Mode M, bool POW2>
 __global__ void __launch_bounds__(kThreads)
     stft_magnitude_kernel(const StftParams p) {
   using T2 = typename Vec2<T>::type;
-  extern __shared__ __align__(16) unsigned char smem[];
+  FASTASD_DYNAMIC_SMEM(smem);
   const SmemLayout<T> L(p.n, p.H, p.F, p.ft, p.fc, POW2, M);
   T* win_s = reinterpret_cast<T*>(smem + L.win);
   T2* tw_s = reinterpret_cast<T2*>(smem + L.tw);
@@ -403,10 +399,102 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-int env_flag(const char* name, int default_value) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return default_value;
-  return std::atoi(v);
+// Launch geometry (the launcher and the emulated tests both use it).
+
+// The Stockham radix schedule of an H-point FFT (8s first, then a 4 or a 2); returns the passes.
+__host__ inline int stft_radix_plan(int H, int* radix) {
+  int passes = 0;
+  for (int rem = H; rem > 1;) {
+    const int R = (rem % 8 == 0) ? 8 : (rem % 4 == 0) ? 4 : 2;
+    radix[passes++] = R;
+    rem /= R;
+  }
+  return passes;
+}
+
+// Frames per shared-memory buffer: ~4096 complex points per block within the smem budget;
+// 0 when not even one frame fits into smem_limit.
+template <typename T>
+__host__ inline int stft_frames_per_buffer(int n, int F, bool pow2, size_t smem_limit) {
+  const int H = n / 2;
+  const size_t budget = std::min<size_t>(smem_limit, 100 * 1024);
+  int ft = std::max(1, std::min(16, (pow2 ? 4096 / std::max(H, 1) : 2048 / n)));
+  while (ft > 1 && SmemLayout<T>(n, H, F, ft, 0, pow2, Mode::Plain).total > budget) ft /= 2;
+  return SmemLayout<T>(n, H, F, 1, 0, pow2, Mode::Plain).total <= smem_limit ? ft : 0;
+}
+
+struct StftLaunch {
+  int ft = 0, fc = 0, blocks_per_clip = 0, cluster = 1;
+  int64_t blocks = 0;
+  size_t smem = 0;
+};
+
+// normalize on sm_90+: one cluster of up to kMaxClusterSize blocks per clip, its frames split
+// over the blocks and kept in shared memory. smem > smem_limit: does not fit.
+template <typename T>
+__host__ inline StftLaunch stft_cluster_launch(int64_t B, int64_t T_, int n, int F, bool pow2, int ft,
+                                               size_t smem_limit) {
+  StftLaunch l;
+  const int H = n / 2;
+  l.cluster = static_cast<int>(std::min<int64_t>(kMaxClusterSize, T_));
+  l.fc = static_cast<int>((T_ + l.cluster - 1) / l.cluster);
+  l.ft = ft;
+  while (l.ft > 1 && SmemLayout<T>(n, H, F, l.ft, l.fc, pow2, Mode::Cluster).total > smem_limit) l.ft /= 2;
+  l.smem = SmemLayout<T>(n, H, F, l.ft, l.fc, pow2, Mode::Cluster).total;
+  l.blocks_per_clip = l.cluster;
+  l.blocks = B * l.cluster;
+  return l;
+}
+
+// Plain, or the two passes (Sums, Apply) of normalize: a few buffers' worth of frames per
+// block, fewer when the grid would not fill the GPU twice.
+template <typename T>
+__host__ inline StftLaunch stft_grid_launch(int64_t B, int64_t T_, int n, int F, bool pow2, int ft, int sm_count,
+                                            bool normalize) {
+  StftLaunch l;
+  l.ft = ft;
+  int64_t fc = int64_t(ft) * 4;
+  if (B * ((T_ + fc - 1) / fc) < 2 * int64_t(sm_count)) fc = ft;
+  l.fc = static_cast<int>(fc);
+  l.blocks_per_clip = static_cast<int>((T_ + fc - 1) / fc);
+  l.blocks = B * l.blocks_per_clip;
+  l.smem = SmemLayout<T>(n, n / 2, F, ft, 0, pow2, normalize ? Mode::Sums : Mode::Plain).total;
+  return l;
+}
+
+// The tables kernel: one thread per entry.
+__host__ inline int stft_tables_blocks(int n) { return (n + 1 + 255) / 256; }
+
+}  // namespace
+}  // namespace fastasd
+
+#ifndef FASTASD_SIMT_CPU
+// Narrow includes on purpose: ATen/cuda/CUDAContext.h pulls in cuBLAS/cuSPARSE headers, which a
+// bare CUDA toolkit (as on the CI image) may not have.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+
+namespace fastasd {
+namespace {
+
+bool cluster_enabled() {  // FASTASD_STFT_CLUSTER, read once
+  static const bool enabled = [] {
+    const char* v = std::getenv("FASTASD_STFT_CLUSTER");
+    return v == nullptr || *v == '\0' || std::atoi(v) != 0;
+  }();
+  return enabled;
 }
 
 #if defined(CUDART_VERSION) && CUDART_VERSION >= 12000
@@ -428,138 +516,170 @@ cudaLaunchConfig_t cluster_config(int64_t blocks, size_t smem, cudaStream_t stre
 }
 #endif
 
+// What a device needs looked up once: its properties, the dynamic shared memory limit set per
+// kernel, the cluster occupancy answers and the tables per (n_fft, dtype). Never freed (the
+// tables are device tensors that must not be destroyed after the CUDA runtime at exit).
+struct Tables {
+  at::Tensor win, tw, post;
+};
+struct DeviceCache {
+  int smem_optin = 0, cc_major = 0, sm_count = 0;
+  std::map<const void*, size_t> smem_set;                       // kernel -> limit set
+  std::map<std::tuple<const void*, int, size_t>, bool> fits;    // (kernel, cluster, smem) -> fits
+  std::map<std::pair<int, int>, Tables> tables;                 // (n_fft, dtype) -> tables
+};
+
+std::mutex& cache_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+DeviceCache& device_cache(int device) {  // (under cache_mutex)
+  static std::vector<DeviceCache*> caches;
+  if (caches.size() <= size_t(device)) caches.resize(size_t(device) + 1, nullptr);
+  if (caches[device] == nullptr) {
+    auto* c = new DeviceCache();
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&c->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&c->cc_major, cudaDevAttrComputeCapabilityMajor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&c->sm_count, cudaDevAttrMultiProcessorCount, device));
+    caches[device] = c;
+  }
+  return *caches[device];
+}
+
+// Raises the kernel's dynamic shared memory limit to smem once (cudaSuccess or the error).
+template <typename K>
+cudaError_t allow_smem(DeviceCache& dc, K kernel, size_t smem) {
+  size_t& set = dc.smem_set[reinterpret_cast<const void*>(kernel)];
+  if (smem <= set) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(smem));
+  if (e == cudaSuccess) set = smem;
+  return e;
+}
+
 template <typename T, Mode M, bool POW2>
-void launch(const StftParams& p, int64_t blocks, size_t smem, cudaStream_t stream, int cluster) {
+void launch(DeviceCache& dc, const StftParams& p, const StftLaunch& l, cudaStream_t stream) {
   auto kernel = stft_magnitude_kernel<T, M, POW2>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(smem)));
+  C10_CUDA_CHECK(allow_smem(dc, kernel, l.smem));
   if constexpr (M == Mode::Cluster) {
 #if defined(CUDART_VERSION) && CUDART_VERSION >= 12000
     cudaLaunchAttribute attr;
-    const cudaLaunchConfig_t cfg = cluster_config(blocks, smem, stream, cluster, &attr);
+    const cudaLaunchConfig_t cfg = cluster_config(l.blocks, l.smem, stream, l.cluster, &attr);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
 #endif
   } else {
-    kernel<<<static_cast<unsigned int>(blocks), kThreads, smem, stream>>>(p);
+    kernel<<<static_cast<unsigned int>(l.blocks), kThreads, l.smem, stream>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }
 
-// Whether a cluster of `cluster` blocks with `smem` bytes each can run on this device.
+// Whether a cluster of `cluster` blocks with `smem` bytes each can run on this device (cached).
 template <typename T, bool POW2>
-bool cluster_fits(int cluster, size_t smem, cudaStream_t stream) {
+bool cluster_fits(DeviceCache& dc, int cluster, size_t smem, cudaStream_t stream) {
 #if defined(CUDART_VERSION) && CUDART_VERSION >= 12000
   auto kernel = stft_magnitude_kernel<T, Mode::Cluster, POW2>;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem)) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(kernel), cluster, smem);
+  auto it = dc.fits.find(key);
+  if (it != dc.fits.end()) return it->second;
+  bool fits = false;
+  if (allow_smem(dc, kernel, smem) == cudaSuccess) {
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg = cluster_config(cluster, smem, stream, cluster, &attr);
+    int clusters = 0;
+    fits = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) == cudaSuccess && clusters > 0;
   }
-  cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t cfg = cluster_config(cluster, smem, stream, cluster, &attr);
-  int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return clusters > 0;
+  (void)cudaGetLastError();
+  dc.fits.emplace(key, fits);
+  return fits;
 #else
   return false;
 #endif
 }
 
+// Window and twiddle tables of (n_fft, T) on this device: built once by a small kernel, waited
+// for once (so any stream may read them). During graph capture they are built per call.
+template <typename T, bool POW2>
+Tables get_tables(DeviceCache& dc, const at::Tensor& like, int n, cudaStream_t stream) {
+  using T2 = typename Vec2<T>::type;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const auto key = std::make_pair(n, static_cast<int>(like.scalar_type()));
+  if (capture == cudaStreamCaptureStatusNone) {
+    auto it = dc.tables.find(key);
+    if (it != dc.tables.end()) return it->second;
+  }
+  const int H = n / 2;
+  Tables t{at::empty({n}, like.options()), at::empty({POW2 ? H : n, 2}, like.options()),
+           at::empty({H + 1, 2}, like.options())};
+  stft_tables_kernel<T><<<stft_tables_blocks(n), 256, 0, stream>>>(
+      t.win.mutable_data_ptr<T>(), reinterpret_cast<T2*>(t.tw.mutable_data_ptr<T>()),
+      reinterpret_cast<T2*>(t.post.mutable_data_ptr<T>()), n, H, POW2);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (capture == cudaStreamCaptureStatusNone) {
+    C10_CUDA_CHECK(cudaStreamSynchronize(stream));  // once per (device, n_fft, dtype)
+    dc.tables.emplace(key, t);
+  }
+  return t;
+}
+
 template <typename T, bool POW2>
 void stft_magnitude_cuda_typed(const at::Tensor& waveforms, int64_t n_fft, int64_t hop,
                                bool normalize, at::Tensor& out) {
-  using T2 = typename Vec2<T>::type;
   const int64_t B = out.size(0), T_ = out.size(1), F = out.size(2);
   const int n = static_cast<int>(n_fft), H = n / 2;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const int device = waveforms.device().index();
-  int smem_optin = 0, cc_major = 0, sm_count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-  const size_t smem_limit = static_cast<size_t>(smem_optin);
-
-  // Tables: window, twiddles (one small launch).
-  at::Tensor win = at::empty({n}, waveforms.options());
-  at::Tensor tw = at::empty({POW2 ? H : n, 2}, waveforms.options());
-  at::Tensor post = at::empty({H + 1, 2}, waveforms.options());
-  {
-    const int count = n + 1;
-    stft_tables_kernel<T><<<(count + 255) / 256, 256, 0, stream>>>(
-        win.mutable_data_ptr<T>(), reinterpret_cast<T2*>(tw.mutable_data_ptr<T>()),
-        reinterpret_cast<T2*>(post.mutable_data_ptr<T>()), n, H, POW2);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  std::lock_guard<std::mutex> lk(cache_mutex());
+  DeviceCache& dc = device_cache(device);
+  const size_t smem_limit = static_cast<size_t>(dc.smem_optin);
+  const Tables tables = get_tables<T, POW2>(dc, waveforms, n, stream);
 
   StftParams p{};
   p.x = waveforms.const_data_ptr<T>();
   p.out = out.mutable_data_ptr<T>();
   p.sums = nullptr;
-  p.win = win.const_data_ptr<T>();
-  p.tw = tw.const_data_ptr<T>();
-  p.post = post.const_data_ptr<T>();
+  p.win = tables.win.const_data_ptr<T>();
+  p.tw = tables.tw.const_data_ptr<T>();
+  p.post = tables.post.const_data_ptr<T>();
   p.N = waveforms.size(1);
   p.T = T_;
   p.hop = hop;
   p.n = n;
   p.H = H;
   p.F = static_cast<int>(F);
-  p.num_passes = 0;
-  if (POW2) {
-    for (int rem = H; rem > 1;) {
-      const int R = (rem % 8 == 0) ? 8 : (rem % 4 == 0) ? 4 : 2;
-      p.radix[p.num_passes++] = R;
-      rem /= R;
-    }
-  }
+  p.num_passes = POW2 ? stft_radix_plan(H, p.radix) : 0;
 
-  // Frames per shared-memory buffer: ~4096 complex points per block, within the smem limit.
-  const size_t budget = std::min<size_t>(smem_limit, 100 * 1024);
-  int ft = std::max(1, std::min(16, (POW2 ? 4096 / std::max(H, 1) : 2048 / n)));
-  while (ft > 1 && SmemLayout<T>(n, H, p.F, ft, 0, POW2, Mode::Plain).total > budget) ft /= 2;
-  FASTASD_CHECK(SmemLayout<T>(n, H, p.F, 1, 0, POW2, Mode::Plain).total <= smem_limit,
-                "stft_magnitude", "n_fft", "=", n_fft, " needs more shared memory than this GPU has");
-  p.ft = ft;
+  const int ft = stft_frames_per_buffer<T>(n, p.F, POW2, smem_limit);
+  FASTASD_CHECK(ft > 0, "stft_magnitude", "n_fft", "=", n_fft, " needs more shared memory than this GPU has");
 
-  // normalize on sm_90+: one cluster per clip, frames split over its blocks.
-  if (normalize && cc_major >= 9 && env_flag("FASTASD_STFT_CLUSTER", 1) != 0) {
-    const int cs = static_cast<int>(std::min<int64_t>(kMaxClusterSize, T_));
-    const int fc = static_cast<int>((T_ + cs - 1) / cs);
-    int ftc = ft;
-    while (ftc > 1 && SmemLayout<T>(n, H, p.F, ftc, fc, POW2, Mode::Cluster).total > smem_limit) ftc /= 2;
-    const size_t smem = SmemLayout<T>(n, H, p.F, ftc, fc, POW2, Mode::Cluster).total;
-    if (smem <= smem_limit && cluster_fits<T, POW2>(cs, smem, stream)) {
+  if (normalize && dc.cc_major >= 9 && cluster_enabled()) {
+    const StftLaunch l = stft_cluster_launch<T>(B, T_, n, p.F, POW2, ft, smem_limit);
+    if (l.smem <= smem_limit && cluster_fits<T, POW2>(dc, l.cluster, l.smem, stream)) {
       StftParams pc = p;
-      pc.ft = ftc;
-      pc.fc = fc;
-      pc.blocks_per_clip = cs;
-      launch<T, Mode::Cluster, POW2>(pc, B * cs, smem, stream, cs);
+      pc.ft = l.ft;
+      pc.fc = l.fc;
+      pc.blocks_per_clip = l.blocks_per_clip;
+      launch<T, Mode::Cluster, POW2>(dc, pc, l, stream);
       return;
     }
   }
 
-  // Frames per block: a few buffers' worth, fewer when the grid would not fill the GPU.
-  int64_t fc = int64_t(ft) * 4;
-  if (B * ((T_ + fc - 1) / fc) < 2 * int64_t(sm_count)) fc = ft;
-  p.fc = static_cast<int>(fc);
-  p.blocks_per_clip = static_cast<int>((T_ + fc - 1) / fc);
-  const int64_t blocks = B * p.blocks_per_clip;
-  FASTASD_CHECK(blocks < (int64_t{1} << 31), "stft_magnitude", "waveforms",
+  const StftLaunch l = stft_grid_launch<T>(B, T_, n, p.F, POW2, ft, dc.sm_count, normalize);
+  p.ft = l.ft;
+  p.fc = l.fc;
+  p.blocks_per_clip = l.blocks_per_clip;
+  FASTASD_CHECK(l.blocks < (int64_t{1} << 31), "stft_magnitude", "waveforms",
                 "is too large for one launch (", B, " clips of ", T_, " frames)");
   if (!normalize) {
-    const size_t smem = SmemLayout<T>(n, H, p.F, ft, 0, POW2, Mode::Plain).total;
-    launch<T, Mode::Plain, POW2>(p, blocks, smem, stream, 1);
+    launch<T, Mode::Plain, POW2>(dc, p, l, stream);
     return;
   }
   at::Tensor sums = at::empty({B, F}, waveforms.options().dtype(at::kDouble));
   C10_CUDA_CHECK(cudaMemsetAsync(sums.mutable_data_ptr<double>(), 0, sizeof(double) * B * F, stream));
   p.sums = sums.mutable_data_ptr<double>();
-  const size_t smem = SmemLayout<T>(n, H, p.F, ft, 0, POW2, Mode::Sums).total;
-  launch<T, Mode::Sums, POW2>(p, blocks, smem, stream, 1);
-  launch<T, Mode::Apply, POW2>(p, blocks, smem, stream, 1);
+  launch<T, Mode::Sums, POW2>(dc, p, l, stream);
+  launch<T, Mode::Apply, POW2>(dc, p, l, stream);
 }
 
 }  // namespace
@@ -587,3 +707,4 @@ at::Tensor stft_magnitude_cuda(const at::Tensor& waveforms, int64_t n_fft, int64
 TORCH_LIBRARY_IMPL(fastasd, CUDA, m) { m.impl("stft_magnitude", &stft_magnitude_cuda); }
 
 }  // namespace fastasd
+#endif  // FASTASD_SIMT_CPU

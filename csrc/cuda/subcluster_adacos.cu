@@ -25,30 +25,19 @@
 // Accuracy: the extension is compiled with --use_fast_math, so exp is computed as
 // 2^n * exp2(r) with a Cody-Waite reduction (~2 ulp) instead of __expf (whose error grows with
 // |x|); norms and the scale update are finished in double.
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
-
-#include <cuda_runtime.h>
-
+//
+// NaN contract (fastasd/reference.py): a NaN in an embedding row or a center gives a NaN loss and
+// NaN wherever it flows in the backward; norms, row maxima and clamps use nan_max/nan_min (CUDA's
+// max/fmax and fmin drop NaN).
+//
+// The device code (kernels + launch geometry) comes first; the host part (torch, CUDA runtime)
+// is skipped when the SIMT emulator of the tests compiles this file (FASTASD_SIMT_CPU).
 #include <algorithm>
 #include <cstdint>
 
-#include "checks.h"
+#include "device_common.h"
 
 namespace fastasd {
-
-// Defined in csrc/cpu/subcluster_adacos.cpp (the same checks on every device).
-int64_t check_subcluster_adacos_args(const at::Tensor& embeddings, const at::Tensor& centers,
-                                     const at::Tensor& targets, int64_t n_subclusters);
-int64_t check_subcluster_adacos_backward_args(const at::Tensor& grad_loss, const at::Tensor& embeddings,
-                                              const at::Tensor& centers, const at::Tensor& targets,
-                                              const at::Tensor& scale, const at::Tensor& lse_total,
-                                              const at::Tensor& lse_class, const at::Tensor& cos,
-                                              const at::Tensor& col_inv_norms, int64_t n_subclusters);
-at::Tensor empty_batch_col_inv_norms(const at::Tensor& centers);
 
 namespace {
 
@@ -76,9 +65,10 @@ __device__ __forceinline__ double dacos(double x) { return acos(x); }
 
 template <typename T> __device__ __forceinline__ T neg_inf() { return -INFINITY; }
 
-// Merge two (max, sum of exp(v - max)) pairs.
+// Merge two (max, sum of exp(v - max)) pairs. A NaN max wins (so a NaN row stays NaN, even
+// when merged into an empty (-inf, 0) pair).
 template <typename T> __device__ __forceinline__ void lse_merge(T& m, T& s, T m2, T s2) {
-  if (m2 > m) {
+  if (m2 > m || m2 != m2) {
     const T t = m; m = m2; m2 = t;
     const T u = s; s = s2; s2 = u;
   }
@@ -197,7 +187,7 @@ template <> struct Lds4<double> {
 };
 
 template <typename T> __device__ __forceinline__ T inv_norm(T sumsq) {
-  return T(1.0 / fmax(sqrt(double(sumsq)), kNormEps));
+  return T(1.0 / nan_max(sqrt(double(sumsq)), kNormEps));
 }
 
 template <typename T, bool A_FAST_M, bool B_FAST_N, bool ROWNORM, bool COLNORM, class Epi>
@@ -399,8 +389,8 @@ row_pass_kernel(const T* __restrict__ cosines, const T* __restrict__ targets, in
     const T* seg = row + c * K;
     T m = neg_inf<T>();
     if (valid)
-      for (int64_t k = lane_g; k < K; k += group) m = fmax(m, s * seg[k]);
-    for (int off = group >> 1; off > 0; off >>= 1) m = fmax(m, __shfl_xor_sync(0xffffffffu, m, off));
+      for (int64_t k = lane_g; k < K; k += group) m = nan_max(m, s * seg[k]);
+    for (int off = group >> 1; off > 0; off >>= 1) m = nan_max(m, __shfl_xor_sync(0xffffffffu, m, off));
     T sum = T(0);
     if (valid)
       for (int64_t k = lane_g; k < K; k += group) sum += dexp(s * seg[k] - m);
@@ -408,7 +398,7 @@ row_pass_kernel(const T* __restrict__ cosines, const T* __restrict__ targets, in
     const T t = valid ? trow[c] : T(0);
     T ang = T(0);
     if (STATS && valid && t != T(0))
-      for (int64_t k = lane_g; k < K; k += group) ang += dacos(fmin(fmax(seg[k], lo), hi));
+      for (int64_t k = lane_g; k < K; k += group) ang += dacos(nan_min(nan_max(seg[k], lo), hi));
     if (STATS)
       for (int off = group >> 1; off > 0; off >>= 1) ang += __shfl_xor_sync(0xffffffffu, ang, off);
     if (valid && lane_g == 0) {
@@ -451,7 +441,7 @@ row_pass_kernel(const T* __restrict__ cosines, const T* __restrict__ targets, in
     const T med = block_select(row_val1, B, (B - 1) / 2);
     if (threadIdx.x == 0) {
       const double m_plus_log_bavg = double(m) + log(double(sm)) - log(double(B));
-      out[0] = T(m_plus_log_bavg / cos(fmin(kQuarterPi, double(med))));
+      out[0] = T(m_plus_log_bavg / cos(nan_min(kQuarterPi, double(med))));
     }
   } else {
     double total = 0.0;
@@ -529,18 +519,76 @@ __global__ void col_project_kernel(T* __restrict__ gw, const T* __restrict__ w, 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Host side
+// Launch geometry (the launchers and the emulated tests both use it)
 // ---------------------------------------------------------------------------------------------
-int group_size(int64_t K) {
+// Lanes per class in the row passes: the largest power of two <= min(K, 32).
+__host__ inline int group_size(int64_t K) {
   int g = 1;
   while (g * 2 <= 32 && g * 2 <= K) g *= 2;
   return g;
 }
 
-dim3 gemm_grid(int64_t M, int64_t N, int64_t splits) {
+__host__ inline dim3 gemm_grid(int64_t M, int64_t N, int64_t splits) {
   return dim3(unsigned((N + kBN - 1) / kBN), unsigned((M + kBM - 1) / kBM), unsigned(splits));
 }
 
+// row_prep_kernel: one warp per row in blocks of 256 threads.
+constexpr int kPrepThreads = 256;
+__host__ inline unsigned row_prep_blocks(int64_t B) { return unsigned((B * 32 + kPrepThreads - 1) / kPrepThreads); }
+
+// logit_grad_kernel: grid-stride, at most 8 blocks of 256 threads per multiprocessor.
+constexpr int kLogitThreads = 256;
+__host__ inline unsigned logit_grad_blocks(int64_t B, int64_t CK, int sms) {
+  return unsigned(std::min<int64_t>((B * CK + kLogitThreads - 1) / kLogitThreads, int64_t(sms) * 8));
+}
+
+// dL/dxn = G W^T split over the CK reduction so that enough blocks run: (splits, k per split).
+struct SplitK {
+  int64_t splits, k_split;
+};
+__host__ inline SplitK dxn_split(int64_t B, int64_t D, int64_t CK, int sms) {
+  const int64_t tiles = ((B + kBM - 1) / kBM) * ((D + kBN - 1) / kBN);
+  const int64_t ksteps = (CK + kBK - 1) / kBK;
+  int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ksteps, (2 * sms + tiles - 1) / tiles));
+  const int64_t k_split = ((ksteps + splits - 1) / splits) * kBK;
+  splits = (CK + k_split - 1) / k_split;
+  return {splits, k_split};
+}
+
+// col_project_kernel: 32 columns x 8 row strides per block.
+__host__ inline unsigned col_project_blocks(int64_t CK) { return unsigned((CK + 31) / 32); }
+__host__ inline dim3 col_project_block() { return dim3(32, 8); }
+
+}  // namespace
+}  // namespace fastasd
+
+#ifndef FASTASD_SIMT_CPU
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "checks.h"
+
+namespace fastasd {
+
+
+// Defined in csrc/cpu/subcluster_adacos.cpp (the same checks on every device).
+int64_t check_subcluster_adacos_args(const at::Tensor& embeddings, const at::Tensor& centers,
+                                     const at::Tensor& targets, int64_t n_subclusters);
+int64_t check_subcluster_adacos_backward_args(const at::Tensor& grad_loss, const at::Tensor& embeddings,
+                                              const at::Tensor& centers, const at::Tensor& targets,
+                                              const at::Tensor& scale, const at::Tensor& lse_total,
+                                              const at::Tensor& lse_class, const at::Tensor& cos,
+                                              const at::Tensor& col_inv_norms, int64_t n_subclusters);
+at::Tensor empty_batch_col_inv_norms(const at::Tensor& centers);
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------
 template <typename T>
 void forward_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& targets, double scale, int64_t K,
                   bool update_scale, int64_t C, at::Tensor& loss, at::Tensor& scale_out, at::Tensor& lse_total,
@@ -584,9 +632,7 @@ void backward_cuda(const at::Tensor& grad_loss, const at::Tensor& x, const at::T
   T* gT = rx + B;
 
   {
-    const int threads = 256;
-    const int64_t blocks = (B * 32 + threads - 1) / threads;
-    row_prep_kernel<T><<<unsigned(blocks), threads, 0, stream>>>(x.data_ptr<T>(), targets.data_ptr<T>(), B, D, C,
+    row_prep_kernel<T><<<row_prep_blocks(B), kPrepThreads, 0, stream>>>(x.data_ptr<T>(), targets.data_ptr<T>(), B, D, C,
                                                                   grad_loss.data_ptr<T>(), scale.data_ptr<T>(),
                                                                   rx, gT);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -594,19 +640,14 @@ void backward_cuda(const at::Tensor& grad_loss, const at::Tensor& x, const at::T
   int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.get_device()));
   {
-    const int threads = 256;
-    const int64_t blocks = std::min<int64_t>((B * CK + threads - 1) / threads, int64_t(sms) * 8);
-    logit_grad_kernel<T><<<unsigned(blocks), threads, 0, stream>>>(
+    logit_grad_kernel<T><<<logit_grad_blocks(B, CK, sms), kLogitThreads, 0, stream>>>(
         cosines.data_ptr<T>(), rw.data_ptr<T>(), targets.data_ptr<T>(), lse_total.data_ptr<T>(),
         lse_class.data_ptr<T>(), gT, grad_loss.data_ptr<T>(), scale.data_ptr<T>(), B, CK, C, K, G.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   // dL/dxn = G W^T, split over the CK reduction so that enough blocks run.
-  const int64_t tiles = ((B + kBM - 1) / kBM) * ((D + kBN - 1) / kBN);
-  const int64_t ksteps = (CK + kBK - 1) / kBK;
-  int64_t splits = std::max<int64_t>(1, std::min<int64_t>(ksteps, (2 * sms + tiles - 1) / tiles));
-  const int64_t k_split = ((ksteps + splits - 1) / splits) * kBK;
-  splits = (CK + k_split - 1) / k_split;
+  const SplitK sk = dxn_split(B, D, CK, sms);
+  const int64_t splits = sk.splits, k_split = sk.k_split;
   at::Tensor partial = at::empty({splits, B, D}, x.options());
   gemm_tile_kernel<T, false, false, false, false, EpiStore<T>><<<gemm_grid(B, D, splits), kThreads, 0, stream>>>(
       G.data_ptr<T>(), CK, 1, w.data_ptr<T>(), 1, CK, B, D, CK, k_split, nullptr, nullptr,
@@ -626,7 +667,7 @@ void backward_cuda(const at::Tensor& grad_loss, const at::Tensor& x, const at::T
         xn.data_ptr<T>(), 1, D, G.data_ptr<T>(), CK, 1, D, CK, B, B, nullptr, nullptr,
         EpiStore<T>{grad_w.data_ptr<T>(), D, CK});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    col_project_kernel<T><<<unsigned((CK + 31) / 32), dim3(32, 8), 0, stream>>>(grad_w.data_ptr<T>(),
+    col_project_kernel<T><<<col_project_blocks(CK), col_project_block(), 0, stream>>>(grad_w.data_ptr<T>(),
                                                                                  w.data_ptr<T>(),
                                                                                  rw.data_ptr<T>(), D, CK);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -689,3 +730,4 @@ TORCH_LIBRARY_IMPL(fastasd, CUDA, m) {
 }
 
 }  // namespace fastasd
+#endif  // FASTASD_SIMT_CPU

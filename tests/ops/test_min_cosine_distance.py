@@ -6,6 +6,10 @@ PyTorch's own float32 computation is off by the same order).
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -56,6 +60,28 @@ def test_exact_match_and_zero_query():
     assert abs(out[0].item()) < 1e-12
     assert out[1].item() == pytest.approx(1.0, abs=1e-15)
     assert ((out >= -1e-12) & (out <= 2 + 1e-12)).all()
+
+
+def check_nan_contract(fn, dtypes=(torch.float32, torch.float64)):
+    """NaN contract: a NaN in a query row gives NaN for that query, a NaN in a reference row NaN for
+    every query of its group; the rest matches the reference. fn(queries, refs, query_group,
+    ref_offsets) is the implementation under test (also used by tests/emulated)."""
+    torch.manual_seed(1)
+    q, r, g, off = make(60, 12, [3, 4, 2])
+    q[5, 7] = float("nan")
+    r[4, 0] = float("nan")  # group 1
+    expect = g == 1
+    expect[5] = True
+    ref = reference.min_cosine_distance(q, r, g, off)
+    assert torch.equal(torch.isnan(ref), expect)
+    for dtype in dtypes:
+        out = fn(q.to(dtype), r.to(dtype), g, off)
+        assert torch.equal(torch.isnan(out), expect), (dtype, torch.isnan(out).nonzero().flatten().tolist())
+        torch.testing.assert_close(out[~expect].double(), ref[~expect], rtol=0, atol=TOL[dtype])
+
+
+def test_cpu_nan_propagates():
+    check_nan_contract(op)
 
 
 def test_public_wrapper_dispatches_to_native():
@@ -151,10 +177,34 @@ def test_cuda_opcheck_and_errors(cuda_device):
     args = [t.to(cuda_device) for t in make(40, 24, [3, 5, 1], dtype=torch.float32)]
     torch.library.opcheck(op, tuple(args))
     q, r, g, off = args
-    with pytest.raises(ValueError, match=r"^fastasd::min_cosine_distance: ref_offsets "):
-        op(q, r, g, torch.tensor([0, 3, 3, 9], device=cuda_device))
-    with pytest.raises(ValueError, match=r"^fastasd::min_cosine_distance: query_group "):
-        op(q, r, g + 3, off)
+    # Bad values are found on the device without a host sync: the faulty call gives NaN for the
+    # affected queries, and a later call on the device, once the GPU is done, raises.
+    for bad, argument in (((g, torch.tensor([0, 3, 3, 9], device=cuda_device)), "ref_offsets"),
+                          ((g + 3, off), "query_group"),
+                          ((g[:0], torch.tensor([0, 3, 3, 9], device=cuda_device)), "ref_offsets")):
+        out = op(q[:len(bad[0])], r, *bad)
+        assert out.numel() == 0 or torch.isnan(out).any()
+        torch.cuda.synchronize(cuda_device)
+        with pytest.raises(ValueError, match=rf"^fastasd::min_cosine_distance: {argument} .*earlier call"):
+            op(q, r, g, off)
+        assert not torch.isnan(op(q, r, g, off)).any()  # reported once
     with pytest.raises(ValueError, match=r"^fastasd::min_cosine_distance: ref_offsets "):
         op(q, r, g, off.cpu())  # index tensors must be on the device of the queries
     assert op(q[:0], r, g[:0], off).shape == (0,)
+    torch.cuda.synchronize(cuda_device)
+    op(q, r, g, off)  # the empty batch's offsets were fine: nothing to report
+
+
+@pytest.mark.cuda
+def test_cuda_bad_values_sync_mode(cuda_device):
+    # FASTASD_CUDA_CHECK_VALUES=sync (read once per process): the faulty call raises the exact message.
+    code = (
+        "import torch, fastasd.ops, pytest\n"
+        f"q, r = torch.randn(10, 8, device='{cuda_device}'), torch.randn(5, 8, device='{cuda_device}')\n"
+        f"g, off = torch.zeros(10, dtype=torch.long, device='{cuda_device}'), torch.tensor([0, 2, 5], device='{cuda_device}')\n"
+        "op = torch.ops.fastasd.min_cosine_distance.default\n"
+        "with pytest.raises(ValueError, match=r'^fastasd::min_cosine_distance: query_group values must lie in \\[0, 2\\), got 7 at index 0'):\n"
+        "    op(q, r, g + 7, off)\n")
+    r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, FASTASD_CUDA_CHECK_VALUES="sync"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]

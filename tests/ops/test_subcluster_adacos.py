@@ -75,10 +75,11 @@ def _err(a, b) -> float:
     return 0.0 if a.numel() == 0 else (a.detach().double().cpu() - b.detach().double().cpu()).abs().max().item()
 
 
-def _compare(check_close, emb, centers, targets, scale, K, update, centers_grad=True, what=""):
-    """The native op vs the float64 reference (and the float32 reference for the tolerance)."""
+def _compare(check_close, emb, centers, targets, scale, K, update, centers_grad=True, what="", run=None):
+    """The native op (or ``run``, a function like :func:`_run`'s ``fn`` argument bound in) vs the
+    float64 reference (and the float32 reference for the tolerance)."""
     dtype, device = emb.dtype, emb.device
-    ours = _run(_native, emb, centers, targets, scale, K, update, centers_grad)
+    ours = (run or (lambda *a: _run(_native, *a)))(emb, centers, targets, scale, K, update, centers_grad)
     d64 = lambda t: t.to(dtype=torch.float64, device="cpu")
     ref64 = _run(reference.subcluster_adacos, d64(emb), d64(centers), d64(targets), scale, K, update, centers_grad)
     ref32 = (_run(reference.subcluster_adacos, emb, centers, targets, scale, K, update, centers_grad)
@@ -205,15 +206,28 @@ def test_cpu_extreme_scales():
             assert loss.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-4), (dtype, scale)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-def test_cpu_nan_propagates(dtype):
-    emb, centers, targets, scale = _inputs(4, 8, 3, 2, dtype, "cpu")
-    bad_emb = emb.clone()
-    bad_emb[1, 3] = float("nan")
-    assert torch.isnan(_native(bad_emb, centers, targets, scale, 2, False)[0])
-    bad_centers = centers.clone()
-    bad_centers[2, 5] = float("nan")
-    assert torch.isnan(_native(emb, bad_centers, targets, scale, 2, False)[0])
+def check_nan_contract(run, where, update):
+    """NaN contract: a NaN in an embedding row or a center column gives a NaN loss (and scale, when
+    it is updated), and NaN gradients exactly where the reference's autograd has them. run is
+    :func:`_run`'s fn bound in (the implementation under test; also used by tests/emulated)."""
+    emb, centers, targets, scale = _inputs(5, 8, 3, 2, torch.float64, "cpu", kind="mixup", seed=4)
+    if where == "embedding":
+        emb[1, 3] = float("nan")
+    else:
+        centers[2, 5] = float("nan")
+    ref = _run(reference.subcluster_adacos, emb, centers, targets, scale, 2, update, True)
+    assert torch.isnan(ref[0])
+    for dtype in (torch.float32, torch.float64):
+        cast = lambda t: t.to(dtype)
+        ours = run(cast(emb), cast(centers), cast(targets), scale, 2, update, True)
+        for name, a, b in zip(NAMES, ours, ref):
+            assert torch.equal(torch.isnan(a), torch.isnan(b)), (name, dtype, torch.isnan(a), torch.isnan(b))
+
+
+@pytest.mark.parametrize("where", ["embedding", "center"])
+@pytest.mark.parametrize("update", [False, True], ids=["fixed", "update"])
+def test_cpu_nan_propagates(where, update):
+    check_nan_contract(lambda *a: _run(_native, *a), where, update)
 
 
 def test_cpu_zero_rows_and_columns(check_close):
