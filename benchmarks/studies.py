@@ -66,6 +66,9 @@ logger = logging.getLogger("studies")
 # Config fields a --backend-variant may change: they act after the embeddings are computed.
 BACKEND_FIELDS = frozenset({"backend", "n_clusters", "kmeans_on", "gmm_components", "gmm_reg"})
 
+# Clip attributes an embedding dump keeps (what the backend and the evaluation need).
+CLIP_FIELDS = ("file_name", "machine_type", "section", "domain", "label")
+
 PAPER_ROWS = (("source", "auc_source", "pauc_source"), ("target", "auc_target", "pauc_target"),
               ("mixed", "auc_mixed", "pauc_mixed"))
 
@@ -131,10 +134,30 @@ def backend_scores(config: Config, train_embs: np.ndarray, train_clips, test_emb
     return backend.score_samples(test_embs, [section_key(c.machine_type, c.section) for c in test_clips])
 
 
-def evaluate_model(model, config: Config, data, backend_variants: dict | None = None) -> dict:
+def dump_embeddings(path: Path, config: Config, train_clips, tr: np.ndarray, test_clips,
+                    te: np.ndarray, **info) -> None:
+    """Write the training and test embeddings of one evaluation, with the clips' metadata and the
+    config, to ``path`` (.npz; strings as unicode arrays, so loading needs no pickle), atomically."""
+    import io
+
+    from fastasd._io import atomic_write_bytes
+
+    fields = {}
+    for split, clips in (("train", train_clips), ("test", test_clips)):
+        for k in CLIP_FIELDS:
+            fields[f"{split}_{k}"] = np.asarray([str(getattr(c, k)) for c in clips], dtype=np.str_)
+    buf = io.BytesIO()
+    np.savez(buf, train=tr, test=te, config=np.asarray(json.dumps(config.to_dict())),
+             info=np.asarray(json.dumps(info)), **fields)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def evaluate_model(model, config: Config, data, backend_variants: dict | None = None,
+                   dump: Path | None = None) -> dict:
     """Fit the backend on the training embeddings, score the test clips, evaluate. Each of
     ``backend_variants`` (name -> backend overrides of ``config``) is evaluated on the same
-    embeddings too, under ``"backends"``."""
+    embeddings too, under ``"backends"``. With ``dump``, the embeddings are also written there
+    (:func:`dump_embeddings`), for the ``backends`` study."""
     from fastasd.metrics import evaluate_records
 
     (train_clips, train_waves), (test_clips, test_waves) = data
@@ -143,6 +166,8 @@ def evaluate_model(model, config: Config, data, backend_variants: dict | None = 
     t = time.perf_counter()
     tr = embed(model, train_waves)
     te = embed(model, test_waves)
+    if dump is not None:
+        dump_embeddings(dump, config, train_clips, tr, test_clips, te)
 
     def figures(cfg: Config) -> dict:
         scores = backend_scores(cfg, tr, train_clips, te, test_clips)
@@ -196,11 +221,13 @@ def baseline_score(root: Path) -> dict | None:
 
 
 def train_with_evals(config: Config, train_clips, data, eval_steps: list[int], member: int = 0,
-                     recalibrate_bn: bool = False, backend_variants: dict | None = None) -> list[dict]:
+                     recalibrate_bn: bool = False, backend_variants: dict | None = None,
+                     dump_prefix: Path | None = None) -> list[dict]:
     """One training run of ``max(eval_steps)`` steps, evaluated after each of ``eval_steps``
     (with ``recalibrate_bn`` also with re-estimated BatchNorm statistics, under
     ``"bn_recalibrated"``; with ``backend_variants`` also with those backends, under
-    ``"backends"``)."""
+    ``"backends"``; with ``dump_prefix`` the embeddings of each evaluation are written to
+    ``<dump_prefix>_step<N>.npz``)."""
     from fastasd.train import train_model
 
     eval_steps = sorted(set(eval_steps))
@@ -212,7 +239,8 @@ def train_with_evals(config: Config, train_clips, data, eval_steps: list[int], m
     def on_step(step, model, loss_module):
         if step in eval_steps:
             train_time[0] += time.perf_counter() - last[0]
-            r = evaluate_model(model, config, data, backend_variants)
+            dump = None if dump_prefix is None else Path(f"{dump_prefix}_step{step}.npz")
+            r = evaluate_model(model, config, data, backend_variants, dump=dump)
             if recalibrate_bn:
                 recal = recalibrated_batchnorm(model, data[0][1][:, :config.num_samples], config.batch_size)
                 r["bn_recalibrated"] = evaluate_model(recal, config, data)
@@ -290,8 +318,12 @@ def run_steps(args) -> dict:
         cfg = base.replace(**overrides)
         logger.info("variant %s: %s", name, overrides)
         t = time.perf_counter()
+        dump_prefix = None
+        if args.dump_embeddings:
+            Path(args.dump_embeddings).mkdir(parents=True, exist_ok=True)
+            dump_prefix = Path(args.dump_embeddings) / name
         res = train_with_evals(cfg, train_clips, data, steps, recalibrate_bn=args.recalibrate_bn,
-                               backend_variants=backend_variants)
+                               backend_variants=backend_variants, dump_prefix=dump_prefix)
         out["variants"][name] = {"overrides": overrides, "results": res, "seconds": time.perf_counter() - t}
     out["markdown"] = steps_markdown(out)
     return out
@@ -483,6 +515,9 @@ def main(argv=None) -> int:
     p.add_argument("--backend-variant", action="append",
                    help="steps study: name:k=v,k=v of backend settings, also evaluated on the same "
                         "embeddings at every evaluation (repeatable)")
+    p.add_argument("--dump-embeddings", metavar="DIR", default=None,
+                   help="steps study: write the training and test embeddings of every evaluation to "
+                        "DIR/<variant>_step<N>.npz (input of the backends study)")
     p.add_argument("--recalibrate-bn", action="store_true",
                    help="steps study: also evaluate with BatchNorm statistics re-estimated on the training clips")
     p.add_argument("--members", type=int, default=5, help="ensemble study: number of members")
