@@ -187,40 +187,36 @@ __global__ void __launch_bounds__(kThreads) min_cosine_distance_kernel(const Min
           }
           sq += __shfl_xor_sync(quad, sq, 1);
           sq += __shfl_xor_sync(quad, sq, 2);
-          if (scaled) {  // min_j s_j * (1 - cos) + t_j, NaN-first (a NaN wins every comparison)
+          // scaled: min_j s_j * (1 - dot / |q|) + t_j, NaN-first (a NaN wins every comparison)
+          T inv = T(0);
+          if (scaled) {
             const T nrm = sqrt(sq);
-            const T inv = T(1) / ((nrm > T(1e-12) || nrm != nrm) ? nrm : T(1e-12));
-            const int64_t jr = r0 + int64_t(ch) * p.rc;
-            T m = std::numeric_limits<T>::infinity();
+            inv = T(1) / ((nrm > T(1e-12) || nrm != nrm) ? nrm : T(1e-12));
+          }
+          const int64_t jr = r0 + int64_t(ch) * p.rc;
+          T m = (scaled ? 1 : -1) * std::numeric_limits<T>::infinity();
 #pragma unroll
-            for (int j = 0; j < kRC; ++j) {
-              if (j < rc) {
-                T a = acc[j];
-                a += __shfl_xor_sync(quad, a, 1);
-                a += __shfl_xor_sync(quad, a, 2);
+          for (int j = 0; j < kRC; ++j) {
+            if (j < rc) {
+              T a = acc[j];
+              a += __shfl_xor_sync(quad, a, 1);
+              a += __shfl_xor_sync(quad, a, 2);
+              if (scaled) {
                 const T v = (SC ? SC[jr + j] : T(1)) * (T(1) - a * inv) + (SH ? SH[jr + j] : T(0));
                 m = (v < m || v != v) ? v : m;
-              }
-            }
-            if (u == 0) {
-              const T b = best_s[e];  // NaN-first: a NaN b is kept, a NaN m replaces b
-              best_s[e] = (ch == 0 || m < b || m != m) ? m : b;
-            }
-          } else {
-            T m = -std::numeric_limits<T>::infinity();
-#pragma unroll
-            for (int j = 0; j < kRC; ++j) {
-              if (j < rc) {
-                T a = acc[j];
-                a += __shfl_xor_sync(quad, a, 1);
-                a += __shfl_xor_sync(quad, a, 2);
+              } else {
                 m = max(m, a);
               }
             }
-            if (u == 0) {
-              best_s[e] = (ch == 0) ? m : max(best_s[e], m);
-              sq_s[e] = sq;
+          }
+          if (u == 0) {
+            const T b = best_s[e];
+            if (scaled) {  // NaN-first: a NaN b is kept, a NaN m replaces b
+              best_s[e] = (ch == 0 || m < b || m != m) ? m : b;
+            } else {
+              best_s[e] = (ch == 0) ? m : max(b, m);
             }
+            sq_s[e] = sq;
           }
         }
       }
