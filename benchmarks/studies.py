@@ -489,8 +489,8 @@ def run_backends(args) -> dict:
     bad = sorted(k for over in backend_variants.values() for k in over if k not in BACKEND_FIELDS)
     if bad:
         raise SystemExit(f"--backend-variant: {bad} are not backend settings ({sorted(BACKEND_FIELDS)})")
-    out = {"study": "backends", "command": " ".join(sys.argv), "environment": environment(),
-           "backend_variants": backend_variants, "dumps": {}}
+    out = {"study": "backends", "command": " ".join(sys.argv), "note": args.note,
+           "environment": environment(), "backend_variants": backend_variants, "dumps": {}}
     for path in dumps:
         cfg, train_clips, tr, test_clips, te = load_dump(path)
         logger.info("%s: %d training / %d test embeddings", path.name, len(tr), len(te))
@@ -538,6 +538,8 @@ def backends_markdown(out: dict) -> str:
         lines.append(f"- simple baseline on the same data: official {pct(b['official_score'])} % (AUC source "
                      f"{pct(o['auc_source'])}, AUC target {pct(o['auc_target'])}, pAUC {pct(o['pauc'])}).")
     lines.append(f"- command: `{out['command']}`")
+    if out.get("note"):
+        lines.append(f"- {out['note']}")
     return "\n".join(lines) + "\n"
 
 
@@ -609,6 +611,8 @@ def main(argv=None) -> int:
     p.add_argument("--recalibrate-bn", action="store_true",
                    help="steps study: also evaluate with BatchNorm statistics re-estimated on the training clips")
     p.add_argument("--members", type=int, default=5, help="ensemble study: number of members")
+    p.add_argument("--note", default=None,
+                   help="backends study: a line for the results (e.g. the command that wrote the dumps)")
     p.add_argument("--embeddings", action="append", metavar="DIR",
                    help="backends study: a folder of steps --dump-embeddings dumps (repeatable)")
     p.add_argument("--machine-types", default=None)

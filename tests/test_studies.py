@@ -84,10 +84,10 @@ def test_dumped_embeddings_give_the_same_figures(tmp_path):
     config, train_clips, tr, test_clips, te = studies.load_dump(tmp_path / "emb" / "m_step1.npz")
     assert config == cfg and len(tr) == len(data[0][0]) and len(te) == len(data[1][0])
     assert [c.file_name for c in test_clips] == [c.file_name for c in data[1][0]]
-    args = argparse.Namespace(embeddings=[str(tmp_path / "emb")], data=None,
+    args = argparse.Namespace(embeddings=[str(tmp_path / "emb")], data=None, note="dumped by a test",
                               backend_variant=["ld:score_normalization=local_density,references=clips"])
     out = studies.run_backends(args)
     res = out["dumps"]["m_step1.npz"]["results"]
     assert res["as dumped"]["official"] == direct["official"]
     assert res["ld"]["official"] == direct["backends"]["ld"]["official"]
-    assert "| ld |" in out["markdown"]
+    assert "| ld |" in out["markdown"] and "dumped by a test" in out["markdown"]
