@@ -83,9 +83,10 @@ def subcluster_adacos_cost(B: int, D: int, C: int, K: int, backward: bool) -> Co
 
 # ---- min_cosine_distance -----------------------------------------------------------------------
 
-def min_cosine_distance_cost(N: int, D: int, G: int, R: int) -> Cost:
+def min_cosine_distance_cost(N: int, D: int, G: int, R: int, scaled: bool = False) -> Cost:
     """``min_cosine_distance`` of ``N`` queries against ``G`` groups of ``R`` references each
-    (``M = G*R``), dimension ``D``.
+    (``M = G*R``), dimension ``D``; ``scaled``: with a per-reference scale and shift (``8*M``
+    more bytes read, ``3*N*R`` more FLOPs: ``scale * (1 - dot * inv_norm) + shift``).
 
     Bytes: queries ``4*N*D``, references ``4*M*D``, query groups ``8*N``, offsets ``8*(G+1)``,
     distances written ``4*N``.
@@ -95,8 +96,8 @@ def min_cosine_distance_cost(N: int, D: int, G: int, R: int) -> Cost:
     reported on this useful-work count.
     """
     M = G * R
-    return Cost(bytes=F32 * (N * D + M * D + N) + I64 * (N + G + 1),
-                flops=2 * N * R * D + 3 * (N + M) * D + N * R)
+    return Cost(bytes=F32 * (N * D + M * D + N + (2 * M if scaled else 0)) + I64 * (N + G + 1),
+                flops=2 * N * R * D + 3 * (N + M) * D + N * R + (3 * N * R if scaled else 0))
 
 
 # ---- machine ceilings --------------------------------------------------------------------------

@@ -50,7 +50,7 @@ class Case:
         if self.op == "subcluster_adacos":
             return subcluster_adacos_cost(p["B"], p["D"], p["C"], p["K"], backward=p["mode"] == "fwd+bwd")
         if self.op == "min_cosine_distance":
-            return min_cosine_distance_cost(p["N"], p["D"], p["G"], p["R"])
+            return min_cosine_distance_cost(p["N"], p["D"], p["G"], p["R"], scaled=p.get("scaled", False))
         return None
 
 
@@ -64,16 +64,20 @@ def _loss(mode: str, B: int, tags: tuple[str, ...]) -> Case:
                 {"mode": mode, "B": B, "D": EMB_DIM, "C": N_CLASSES, "K": N_SUB})
 
 
-def _search(N: int, R: int, tags: tuple[str, ...]) -> Case:
-    return Case("min_cosine_distance", f"N={N},G={N_SECTIONS},R={R},D={EMB_DIM}", tags,
-                {"N": N, "D": EMB_DIM, "G": N_SECTIONS, "R": R})
+def _search(N: int, R: int, tags: tuple[str, ...], scaled: bool = False) -> Case:
+    # scaled: with a per-reference scale and shift (the local-density normalized backend)
+    return Case("min_cosine_distance", f"N={N},G={N_SECTIONS},R={R},D={EMB_DIM}" + (",scaled" if scaled else ""),
+                tags, {"N": N, "D": EMB_DIM, "G": N_SECTIONS, "R": R, "scaled": scaled})
 
 
 STFT_CASES = [_stft(64, ("paper",)), _stft(32, ("target",)), _stft(1024, ("large",))]
 LOSS_CASES = [_loss(m, B, tags) for B, tags in ((64, ("paper", "target")), (1024, ("large",)))
               for m in ("fwd+bwd", "fwd")]
+# The scaled cases: the balanced backend with the paper's references (26 per section) and with
+# every training clip as a reference (DCASE 2022: about 1,000 per section).
 SEARCH_CASES = [_search(8_400, REFS_PAPER, ("paper",)), _search(20_000, REFS_PAPER, ("target",)),
-                _search(100_000, 1_000, ("large",))]
+                _search(100_000, 1_000, ("large",)), _search(8_400, REFS_PAPER, ("paper",), scaled=True),
+                _search(8_400, 1_000, ("paper",), scaled=True)]
 PIPELINE_CASES = [
     Case("train_step", "B=64,10s", ("paper", "target"), {"B": 64}),
     Case("train_epoch", "clips=64,10s", ("paper", "target"), {"clips": 64}),

@@ -30,6 +30,15 @@ size, ...) from the base preset (default ``demo``)::
 
     python benchmarks/studies.py table7 --steps 300 --seeds 0,1
 
+``backends``: backends compared on the SAME embeddings, written by ``steps --dump-embeddings``
+(one training per dump, no retraining): the dump's own backend and every ``--backend-variant``,
+per dump and as mean ± std over the dumps (e.g. seeds)::
+
+    python benchmarks/studies.py steps --steps 270 --variant seed0:seed=0 --variant seed1:seed=1 \
+        --variant seed2:seed=2 --dump-embeddings /tmp/emb_demo
+    python benchmarks/studies.py backends --embeddings /tmp/emb_demo --tag demo \
+        --backend-variant ld-ratio:score_normalization=local_density,references=clips
+
 ``ensemble``: the paper's Fig. 2 setting, an ensemble of ``--members`` models (seeds seed ..
 seed + members - 1, the scores summed), each trained with the base preset's full schedule through
 ``fastasd.train``; the ensemble and every member alone are evaluated on the same data::
@@ -59,12 +68,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fastasd._io import atomic_write_json, atomic_write_text  # noqa: E402
-from fastasd.config import PRESETS, Config  # noqa: E402
+from fastasd.config import BACKEND_FIELDS, PRESETS, Config  # noqa: E402
 
 logger = logging.getLogger("studies")
 
-# Config fields a --backend-variant may change: they act after the embeddings are computed.
-BACKEND_FIELDS = frozenset({"backend", "n_clusters", "kmeans_on", "gmm_components", "gmm_reg"})
+
+# Clip attributes an embedding dump keeps (what the backend and the evaluation need).
+CLIP_FIELDS = ("file_name", "machine_type", "section", "domain", "label")
 
 PAPER_ROWS = (("source", "auc_source", "pauc_source"), ("target", "auc_target", "pauc_target"),
               ("mixed", "auc_mixed", "pauc_mixed"))
@@ -131,10 +141,30 @@ def backend_scores(config: Config, train_embs: np.ndarray, train_clips, test_emb
     return backend.score_samples(test_embs, [section_key(c.machine_type, c.section) for c in test_clips])
 
 
-def evaluate_model(model, config: Config, data, backend_variants: dict | None = None) -> dict:
+def dump_embeddings(path: Path, config: Config, train_clips, tr: np.ndarray, test_clips,
+                    te: np.ndarray, **info) -> None:
+    """Write the training and test embeddings of one evaluation, with the clips' metadata and the
+    config, to ``path`` (.npz; strings as unicode arrays, so loading needs no pickle), atomically."""
+    import io
+
+    from fastasd._io import atomic_write_bytes
+
+    fields = {}
+    for split, clips in (("train", train_clips), ("test", test_clips)):
+        for k in CLIP_FIELDS:
+            fields[f"{split}_{k}"] = np.asarray([str(getattr(c, k)) for c in clips], dtype=np.str_)
+    buf = io.BytesIO()
+    np.savez(buf, train=tr, test=te, config=np.asarray(json.dumps(config.to_dict())),
+             info=np.asarray(json.dumps(info)), **fields)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def evaluate_model(model, config: Config, data, backend_variants: dict | None = None,
+                   dump: Path | None = None) -> dict:
     """Fit the backend on the training embeddings, score the test clips, evaluate. Each of
     ``backend_variants`` (name -> backend overrides of ``config``) is evaluated on the same
-    embeddings too, under ``"backends"``."""
+    embeddings too, under ``"backends"``. With ``dump``, the embeddings are also written there
+    (:func:`dump_embeddings`), for the ``backends`` study."""
     from fastasd.metrics import evaluate_records
 
     (train_clips, train_waves), (test_clips, test_waves) = data
@@ -143,20 +173,28 @@ def evaluate_model(model, config: Config, data, backend_variants: dict | None = 
     t = time.perf_counter()
     tr = embed(model, train_waves)
     te = embed(model, test_waves)
+    if dump is not None:
+        dump_embeddings(dump, config, train_clips, tr, test_clips, te)
 
-    def figures(cfg: Config) -> dict:
-        scores = backend_scores(cfg, tr, train_clips, te, test_clips)
-        records = [{"file_name": c.file_name, "machine_type": c.machine_type, "section": c.section,
-                    "domain": c.domain, "label": c.label, "score": float(s)}
-                   for c, s in zip(test_clips, scores)]
-        ev = evaluate_records(records)
-        return {"official_score": ev.official_score, "official": dict(ev.official), "paper": dict(ev.paper)}
-
-    out = figures(config)
+    out = backend_figures(config, tr, train_clips, te, test_clips)
     if backend_variants:
-        out["backends"] = {name: figures(config.replace(**over)) for name, over in backend_variants.items()}
+        out["backends"] = {name: backend_figures(config.replace(**over), tr, train_clips, te, test_clips)
+                           for name, over in backend_variants.items()}
     out["eval_seconds"] = time.perf_counter() - t
     return out
+
+
+def backend_figures(cfg: Config, tr: np.ndarray, train_clips, te: np.ndarray, test_clips) -> dict:
+    """``cfg``'s backend fitted on the training embeddings, the test clips scored and evaluated:
+    the official score and the official and paper figures."""
+    from fastasd.metrics import evaluate_records
+
+    scores = backend_scores(cfg, tr, train_clips, te, test_clips)
+    records = [{"file_name": c.file_name, "machine_type": c.machine_type, "section": c.section,
+                "domain": c.domain, "label": c.label, "score": float(s)}
+               for c, s in zip(test_clips, scores)]
+    ev = evaluate_records(records)
+    return {"official_score": ev.official_score, "official": dict(ev.official), "paper": dict(ev.paper)}
 
 
 @torch.no_grad()
@@ -196,11 +234,13 @@ def baseline_score(root: Path) -> dict | None:
 
 
 def train_with_evals(config: Config, train_clips, data, eval_steps: list[int], member: int = 0,
-                     recalibrate_bn: bool = False, backend_variants: dict | None = None) -> list[dict]:
+                     recalibrate_bn: bool = False, backend_variants: dict | None = None,
+                     dump_prefix: Path | None = None) -> list[dict]:
     """One training run of ``max(eval_steps)`` steps, evaluated after each of ``eval_steps``
     (with ``recalibrate_bn`` also with re-estimated BatchNorm statistics, under
     ``"bn_recalibrated"``; with ``backend_variants`` also with those backends, under
-    ``"backends"``)."""
+    ``"backends"``; with ``dump_prefix`` the embeddings of each evaluation are written to
+    ``<dump_prefix>_step<N>.npz``)."""
     from fastasd.train import train_model
 
     eval_steps = sorted(set(eval_steps))
@@ -212,7 +252,8 @@ def train_with_evals(config: Config, train_clips, data, eval_steps: list[int], m
     def on_step(step, model, loss_module):
         if step in eval_steps:
             train_time[0] += time.perf_counter() - last[0]
-            r = evaluate_model(model, config, data, backend_variants)
+            dump = None if dump_prefix is None else Path(f"{dump_prefix}_step{step}.npz")
+            r = evaluate_model(model, config, data, backend_variants, dump=dump)
             if recalibrate_bn:
                 recal = recalibrated_batchnorm(model, data[0][1][:, :config.num_samples], config.batch_size)
                 r["bn_recalibrated"] = evaluate_model(recal, config, data)
@@ -290,8 +331,12 @@ def run_steps(args) -> dict:
         cfg = base.replace(**overrides)
         logger.info("variant %s: %s", name, overrides)
         t = time.perf_counter()
+        dump_prefix = None
+        if args.dump_embeddings:
+            Path(args.dump_embeddings).mkdir(parents=True, exist_ok=True)
+            dump_prefix = Path(args.dump_embeddings) / name
         res = train_with_evals(cfg, train_clips, data, steps, recalibrate_bn=args.recalibrate_bn,
-                               backend_variants=backend_variants)
+                               backend_variants=backend_variants, dump_prefix=dump_prefix)
         out["variants"][name] = {"overrides": overrides, "results": res, "seconds": time.perf_counter() - t}
     out["markdown"] = steps_markdown(out)
     return out
@@ -421,6 +466,83 @@ def table7_markdown(out: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_dump(path: Path):
+    """``(config, train clips, train embeddings, test clips, test embeddings)`` of a dump written
+    by :func:`dump_embeddings` (clips as simple namespaces with the CLIP_FIELDS)."""
+    from types import SimpleNamespace
+
+    with np.load(path, allow_pickle=False) as z:
+        config = Config.from_dict(json.loads(str(z["config"])))
+
+        def clips(split):
+            cols = [z[f"{split}_{k}"].tolist() for k in CLIP_FIELDS]
+            return [SimpleNamespace(**dict(zip(CLIP_FIELDS, row))) for row in zip(*cols)]
+
+        return config, clips("train"), z["train"], clips("test"), z["test"]
+
+
+def run_backends(args) -> dict:
+    dumps = sorted(p for d in args.embeddings for p in Path(d).glob("*.npz"))
+    if not dumps:
+        raise SystemExit(f"--embeddings {args.embeddings}: no .npz dumps found (steps --dump-embeddings)")
+    backend_variants = dict(parse_variant(v) for v in (args.backend_variant or []))
+    bad = sorted(k for over in backend_variants.values() for k in over if k not in BACKEND_FIELDS)
+    if bad:
+        raise SystemExit(f"--backend-variant: {bad} are not backend settings ({sorted(BACKEND_FIELDS)})")
+    out = {"study": "backends", "command": " ".join(sys.argv), "note": args.note,
+           "environment": environment(), "backend_variants": backend_variants, "dumps": {}}
+    for path in dumps:
+        cfg, train_clips, tr, test_clips, te = load_dump(path)
+        logger.info("%s: %d training / %d test embeddings", path.name, len(tr), len(te))
+        t = time.perf_counter()
+        res = {"as dumped": backend_figures(cfg, tr, train_clips, te, test_clips)}
+        for name, over in backend_variants.items():
+            res[name] = backend_figures(cfg.replace(**over), tr, train_clips, te, test_clips)
+        out["dumps"][path.name] = {"config": cfg.to_dict(), "n_train": len(tr), "n_test": len(te),
+                                   "results": res, "seconds": time.perf_counter() - t}
+    out["baseline"] = baseline_score(Path(args.data)) if args.data else None
+    out["markdown"] = backends_markdown(out)
+    return out
+
+
+def backends_markdown(out: dict) -> str:
+    dumps = out["dumps"]
+    names = ["as dumped", *out["backend_variants"]]
+    first = next(iter(dumps.values()))
+    cfg = first["config"]
+    lines = [f"Backends on the same embeddings: {len(dumps)} trained model(s) ({', '.join(f'`{d}`' for d in dumps)}; "
+             f"{first['n_train']} training / {first['n_test']} test clips, {cfg['clip_seconds']:g}-s clips). "
+             f"Each backend is fitted on the training embeddings and scores the test embeddings of the same "
+             f"model; % , mean ± std over the models.", "",
+             "| backend | official score | official AUC source | official AUC target | pAUC | "
+             "paper AUC source | paper AUC target | paper AUC mixed |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in names:
+        rs = [d["results"][n] for d in dumps.values()]
+        cells = [_mean_std([r["official_score"] for r in rs])]
+        cells += [_mean_std([r["official"][k] for r in rs]) for k in ("auc_source", "auc_target", "pauc")]
+        cells += [_mean_std([r["paper"][k] for r in rs]) for k in ("auc_source", "auc_target", "auc_mixed")]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += ["", "Per model (official score, %):", "",
+              "| backend | " + " | ".join(dumps) + " |", "|---|" + "---:|" * len(dumps)]
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(pct(d["results"][n]["official_score"]) for d in dumps.values()) + " |")
+    lines += ["", f"- `as dumped`: the configuration the model was trained with (backend `{cfg['backend']}`, "
+              f"references `{cfg.get('references', 'kmeans')}`, score normalization "
+              f"`{cfg.get('score_normalization', 'none')}`)."]
+    for n, over in out["backend_variants"].items():
+        lines.append(f"- `{n}`: " + ", ".join(f"{k}={v}" for k, v in over.items()) + ".")
+    b = out.get("baseline")
+    if b:
+        o = b["official"]
+        lines.append(f"- simple baseline on the same data: official {pct(b['official_score'])} % (AUC source "
+                     f"{pct(o['auc_source'])}, AUC target {pct(o['auc_target'])}, pAUC {pct(o['pauc'])}).")
+    lines.append(f"- command: `{out['command']}`")
+    if out.get("note"):
+        lines.append(f"- {out['note']}")
+    return "\n".join(lines) + "\n"
+
+
 def run_ensemble(args) -> dict:
     from fastasd import api
     from fastasd.api import Detector
@@ -469,7 +591,7 @@ def ensemble_markdown(out: dict) -> str:
 # --------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("study", choices=("steps", "table7", "ensemble"))
+    p.add_argument("study", choices=("steps", "table7", "ensemble", "backends"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
     p.add_argument("--tag", default="cpu", help="file name suffix (results/<study>_<tag>.json|md)")
     p.add_argument("--data", default=None, help="synthetic data folder (generated if needed)")
@@ -483,9 +605,16 @@ def main(argv=None) -> int:
     p.add_argument("--backend-variant", action="append",
                    help="steps study: name:k=v,k=v of backend settings, also evaluated on the same "
                         "embeddings at every evaluation (repeatable)")
+    p.add_argument("--dump-embeddings", metavar="DIR", default=None,
+                   help="steps study: write the training and test embeddings of every evaluation to "
+                        "DIR/<variant>_step<N>.npz (input of the backends study)")
     p.add_argument("--recalibrate-bn", action="store_true",
                    help="steps study: also evaluate with BatchNorm statistics re-estimated on the training clips")
     p.add_argument("--members", type=int, default=5, help="ensemble study: number of members")
+    p.add_argument("--note", default=None,
+                   help="backends study: a line for the results (e.g. the command that wrote the dumps)")
+    p.add_argument("--embeddings", action="append", metavar="DIR",
+                   help="backends study: a folder of steps --dump-embeddings dumps (repeatable)")
     p.add_argument("--machine-types", default=None)
     p.add_argument("--sections", type=int, default=None)
     p.add_argument("--train-source", type=int, default=None)
@@ -498,6 +627,13 @@ def main(argv=None) -> int:
 
     tune_allocator()  # as the CLI's train: large blocks from glibc's heap (a script owns its process)
     torch.manual_seed(0)
+    if args.study == "backends":
+        if not args.embeddings:
+            raise SystemExit("backends: --embeddings DIR is required")
+        t = time.perf_counter()
+        out = run_backends(args)
+        out["total_seconds"] = time.perf_counter() - t
+        return _write(args, "backends", out)
     if args.study in ("steps", "ensemble"):  # the demo's set (fastasd.demo.DEMO_SYNTH)
         defaults = dict(machine_types="fan,pump,gearbox,valve", sections=2, train_source=200,
                         train_target=10, test=40, clip_seconds=2.0, steps="50,100,250,500,1000")
@@ -514,8 +650,12 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     out = {"steps": run_steps, "table7": run_table7, "ensemble": run_ensemble}[args.study](args)
     out["total_seconds"] = time.perf_counter() - t
+    return _write(args, args.study, out)
+
+
+def _write(args, study: str, out: dict) -> int:
     res = Path(args.out)
-    stem = f"{ {'steps': 'steps_curve'}.get(args.study, args.study)}_{args.tag}"
+    stem = f"{ {'steps': 'steps_curve'}.get(study, study)}_{args.tag}"
     atomic_write_json(res / f"{stem}.json", out)
     atomic_write_text(res / f"{stem}.md", out["markdown"])
     print(out["markdown"])

@@ -8,6 +8,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
+
 // FASTASD_CHECK(cond, op, arg, message parts...): op and arg are C strings, e.g.
 //   FASTASD_CHECK(x.dim() == 2, "stft_magnitude", "waveforms", "must be [B, N], got ", x.sizes());
 // -> "fastasd::stft_magnitude: waveforms must be [B, N], got [3]".
@@ -81,6 +83,20 @@ inline void check_min_cosine_distance_args(const at::Tensor& queries, const at::
                 queries.size(0), " entries (one per query), got ", query_group.size(0));
   FASTASD_CHECK(ref_offsets.size(0) >= 2, op, "ref_offsets",
                 "must have G+1 >= 2 entries (at least one group), got ", ref_offsets.size(0));
+}
+
+// Checks of an optional per-reference argument of min_cosine_distance (ref_scale, ref_shift):
+// [M], the dtype and device of refs, contiguous.
+inline void check_min_cosine_distance_per_ref(const at::Tensor& refs,
+                                              const std::optional<at::Tensor>& t, const char* arg) {
+  constexpr const char* op = "min_cosine_distance";
+  if (!t.has_value()) return;
+  FASTASD_CHECK_DIM(*t, 1, op, arg, "[M]");
+  FASTASD_CHECK(t->size(0) == refs.size(0), op, arg, "must have M=", refs.size(0),
+                " entries (one per reference row), got ", t->size(0));
+  FASTASD_CHECK_SAME_DTYPE(*t, refs, op, arg, "refs");
+  FASTASD_CHECK_SAME_DEVICE(*t, refs, op, arg, "refs");
+  FASTASD_CHECK_CONTIGUOUS(*t, op, arg);
 }
 
 // Value checks of min_cosine_distance on host copies of ref_offsets[G+1] and query_group[N]

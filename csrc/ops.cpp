@@ -19,8 +19,10 @@ TORCH_LIBRARY(fastasd, m) {
   m.def("subcluster_adacos_backward(Tensor grad_loss, Tensor embeddings, Tensor centers, Tensor targets, Tensor scale, Tensor lse_total, Tensor lse_class, Tensor cos, Tensor col_inv_norms, int n_subclusters, bool centers_grad) -> (Tensor, Tensor)");
 
   // queries [N, D], refs [M, D] (group g = rows ref_offsets[g]..ref_offsets[g+1]), query_group [N]
-  // int64, ref_offsets [G+1] int64 -> [N]: 1 - max cosine similarity over the query's group.
-  m.def("min_cosine_distance(Tensor queries, Tensor refs, Tensor query_group, Tensor ref_offsets) -> Tensor");
+  // int64, ref_offsets [G+1] int64 -> [N]: 1 - max cosine similarity over the query's group; with
+  // the optional per-reference ref_scale / ref_shift [M] (dtype of refs; missing = ones / zeros):
+  // min_j ref_scale[j] * (1 - cos_ij) + ref_shift[j].
+  m.def("min_cosine_distance(Tensor queries, Tensor refs, Tensor query_group, Tensor ref_offsets, Tensor? ref_scale=None, Tensor? ref_shift=None) -> Tensor");
 }
 
 #ifdef FASTASD_PYTHON_MODULE

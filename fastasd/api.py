@@ -242,6 +242,58 @@ class Detector:
 
         return score_inputs(self, inputs, **kwargs)
 
+    # ------------------------------------------------------------------ backend
+    def refit_backend(self, data_root, out_dir: str | os.PathLike | None = None, *,
+                      preset: str | None = None, ground_truth=None, progress: bool | None = None,
+                      device: str | torch.device | None = None, **backend_overrides: Any) -> "Detector":
+        """A detector with these trained networks and a backend fitted anew, without retraining.
+
+        The training clips of ``data_root`` (as for :func:`train`: one or more DCASE roots) are
+        embedded once by every member, then each member's backend and the per-section decision
+        thresholds are fitted on them, exactly as :func:`train` does after training. Compare
+        backends on one trained model in minutes, e.g.
+        ``det.refit_backend("dev_data", "model_balanced", preset="balanced")``.
+
+        Args:
+            data_root: the DCASE root(s) whose training clips fit the backend (normally those the
+                networks were trained on).
+            out_dir: if given, the new detector is saved there (a complete model folder).
+            preset: take the backend settings (:data:`fastasd.config.BACKEND_FIELDS`) of this
+                :class:`Config` preset, e.g. ``"balanced"`` or ``"paper"``.
+            ground_truth, progress, device: as for :func:`train`.
+            **backend_overrides: backend settings (``BACKEND_FIELDS`` only), applied last.
+
+        Returns:
+            a new :class:`Detector` (sharing this one's networks and encoder) whose config differs
+            from this one's in the backend settings only.
+        """
+        from fastasd.config import BACKEND_FIELDS
+        from fastasd.data.layout import discover
+
+        bad = sorted(set(backend_overrides) - set(BACKEND_FIELDS))
+        if bad:
+            raise ValueError(f"refit_backend: {bad} are not backend settings (these change the "
+                             f"networks: retrain); backend settings are {list(BACKEND_FIELDS)}")
+        changes = {}
+        if preset is not None:
+            base = Config.preset(preset)
+            changes = {k: getattr(base, k) for k in BACKEND_FIELDS}
+        changes.update(backend_overrides)
+        config = self.config.replace(**changes)
+        clips = discover(data_root, ground_truth=ground_truth, splits=("train",))
+        t0 = time.perf_counter()
+        info = {k: v for k, v in self.info.items() if k != "unreadable_train_files"}
+        info["refit_backend"] = {
+            "preset": preset, "overrides": {k: v for k, v in changes.items() if getattr(self.config, k) != v},
+            "n_train_clips": len(clips), "seconds": None}
+        det = fit_detector(config, self.models, self.encoder, clips,
+                           device=self.device if device is None else device, progress=progress, info=info)
+        det.info["refit_backend"]["seconds"] = time.perf_counter() - t0
+        if out_dir is not None:
+            det.save(out_dir)
+            logger.info("saved the detector with the refitted backend to %s", out_dir)
+        return det
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
         """Write the detector to folder ``path`` (created if needed): JSON + safetensors only,
@@ -429,7 +481,7 @@ def fit_detector(config: Config, models: Sequence[torch.nn.Module], encoder, tra
     for emb in embs:
         b = make_backend(config).fit(emb, keys, domains)
         backends.append(b)
-        total += b.score_samples(emb, keys)
+        total += b.train_scores_  # = its scores of the training clips (leave-one-out where they are references)
     keys_arr = np.asarray(keys)
     thresholds = {k: float(np.percentile(total[keys_arr == k], config.threshold_percentile))
                   for k in dict.fromkeys(keys)}

@@ -5,14 +5,24 @@ learned state in attributes ending in ``_``):
 
 - :class:`CosineBackend` (the paper): per section, on length-normalized embeddings, the
   references are the (re-normalized) k-means means of the section's source training embeddings
-  plus every target-domain training embedding of the section; the score is the minimum cosine
-  distance ``1 - max cos`` to the section's references, computed for all sections at once by one
-  call of :func:`fastasd.ops.min_cosine_distance`.
+  plus every target-domain training embedding of the section (or, ``references="clips"``, every
+  training embedding of the section); the score is the minimum cosine distance ``1 - max cos``
+  to the section's references, computed for all sections at once by one call of
+  :func:`fastasd.ops.min_cosine_distance`. Optionally (``score_normalization="local_density"``,
+  Wilkinghoff et al., "Keeping the balance", ICASSP 2025, and "Local density-based anomaly score
+  normalization for domain generalization", TASLP 2025) each reference's distance is normalized
+  by its local density, so that sparse (target) and dense (source) regions score on one scale:
+  with ``d(x, y) = (1 - x.y) / 2`` and ``rho_j`` the local density of reference ``r_j``
+  (:func:`local_density`), the score is ``min_j d(x, r_j) / rho_j`` (ratio form) or
+  ``min_j d(x, r_j) - rho_j`` (difference form). rho is computed once at fit time, without
+  labels, and saved with the backend.
 - :class:`GMMBackend` (ablation): per section, a full-covariance Gaussian mixture on all the
   section's length-normalized training embeddings; score = negative log-likelihood.
 
 Both set a decision threshold per section: the ``threshold_percentile``-th percentile of the
-scores of the section's own training clips; ``decide`` returns 1 where ``score > threshold``.
+scores of the section's own training clips (``train_scores_`` after ``fit``; with
+``references="clips"`` every training clip is a reference and would score 0, so each one is
+scored without itself: leave-one-out); ``decide`` returns 1 where ``score > threshold``.
 
 Sections are hashable keys (the API uses ``"machine_type/section"`` strings); for saving they must
 be JSON-representable: strings, ints or tuples of those (tuples come back as tuples).
@@ -20,7 +30,10 @@ Domains are ``"source"`` or ``"target"``.
 """
 from __future__ import annotations
 
+import argparse
+import sys
 import warnings
+from pathlib import Path
 from typing import Any, Hashable, Sequence
 
 import numpy as np
@@ -28,16 +41,90 @@ import torch
 
 from fastasd import ops
 
-__all__ = ["CosineBackend", "GMMBackend", "make_backend", "backend_from_state", "length_normalize"]
+__all__ = ["CosineBackend", "GMMBackend", "make_backend", "backend_from_state", "length_normalize",
+           "local_density", "density_scale_shift", "add_cli_arguments", "run_cli"]
 
 KMEANS_N_INIT = 10  # k-means restarts (sklearn's classic default, as in the author's environment)
 _DOMAINS = ("source", "target")
+# Local density: other references closer than this (in d = (1 - cos) / 2; about what float32
+# unit vectors resolve) are duplicates of the reference and do not count as its neighbours.
+DUPLICATE_DISTANCE = 1e-6
+_DENSITY_BLOCK_ENTRIES = 1 << 22  # pairwise distances per block (32 MiB of float64)
 
 
 def length_normalize(x: np.ndarray) -> np.ndarray:
     """Rows divided by their L2 norm (norm floored at 1e-12, as the ops), float64."""
     x = np.asarray(x, dtype=np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def local_density(refs, k: int = 1, pooling: str = "knn", r: float = 0.5) -> np.ndarray:
+    """Local density ``rho_j`` of each row of ``refs`` (the references of ONE section), float64.
+
+    With ``d(x, y) = (1 - cos(x, y)) / 2`` and ``d_(1) <= d_(2) <= ... <= d_(n)`` the sorted
+    distances from ``r_j`` to the other references that are not its duplicates:
+
+    - ``pooling="knn"``: ``rho_j = mean(d_(1), ..., d_(K))`` with ``K = min(k, n)``;
+    - ``pooling="gwrp"``: ``rho_j = sum_i r^(i-1) d_(i) / sum_i r^(i-1)`` over all ``n``
+      (geometrically weighted rank pooling: ``r = 0`` is the nearest one, ``r = 1`` the mean).
+
+    Degenerate cases (the documented rule): another reference at ``d <= DUPLICATE_DISTANCE``
+    (1e-6) is a duplicate (for example two k-means means of identical clips) and is skipped, so
+    duplicates never give ``rho = 0``. A reference with no non-duplicate other reference (a
+    section with one reference, or whose references are all copies of one) gets ``rho = NaN``:
+    "undefined", which :func:`density_scale_shift` turns into the plain distance ``d``.
+    """
+    x = length_normalize(refs)
+    R = x.shape[0]
+    if pooling not in ("knn", "gwrp"):
+        raise ValueError(f"local_density: pooling must be 'knn' or 'gwrp', got {pooling!r}")
+    if int(k) < 1:
+        raise ValueError(f"local_density: k must be >= 1, got {k}")
+    if not 0.0 <= float(r) <= 1.0:
+        raise ValueError(f"local_density: r must lie in [0, 1], got {r}")
+    rho = np.full(R, np.nan)
+    if R < 2:
+        return rho
+    block = max(1, _DENSITY_BLOCK_ENTRIES // R)
+    for b0 in range(0, R, block):
+        d = (1.0 - x[b0:b0 + block] @ x.T) / 2.0          # [block, R]
+        d[d <= DUPLICATE_DISTANCE] = np.inf               # itself and its duplicates
+        d.sort(axis=1)
+        n = np.isfinite(d).sum(axis=1)                    # non-duplicate neighbours per row
+        if pooling == "knn":
+            kk = min(int(k), R - 1)
+            near = d[:, :kk]
+            valid = np.isfinite(near)
+            total = np.where(valid, near, 0.0).sum(axis=1)
+            count = valid.sum(axis=1)
+        else:
+            w = float(r) ** np.arange(R)  # 0 ** 0 = 1: r = 0 keeps the nearest one
+            valid = np.isfinite(d)
+            total = (np.where(valid, d, 0.0) * w).sum(axis=1)
+            count = (valid * w).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho[b0:b0 + block] = np.where(n > 0, total / count, np.nan)
+    return rho
+
+
+def density_scale_shift(rho: np.ndarray, form: str = "ratio") -> tuple[np.ndarray, np.ndarray]:
+    """Per-reference ``(scale, shift)`` (float32) of :func:`fastasd.ops.min_cosine_distance` for
+    local densities ``rho``: ``scale * (1 - cos) + shift`` is ``d / rho`` (ratio form: scale
+    ``1 / (2 rho)``, shift 0) or ``d - rho`` (difference form: scale 1/2, shift ``-rho``), with
+    ``d = (1 - cos) / 2``. An undefined ``rho`` (NaN, see :func:`local_density`) gives the plain
+    ``d`` (scale 1/2, shift 0) in both forms."""
+    rho = np.asarray(rho, dtype=np.float64)
+    undefined = np.isnan(rho)
+    if form == "ratio":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(undefined, 0.5, 0.5 / rho)
+        shift = np.zeros_like(rho)
+    elif form == "difference":
+        scale = np.full_like(rho, 0.5)
+        shift = np.where(undefined, 0.0, -rho)
+    else:
+        raise ValueError(f"density_scale_shift: form must be 'ratio' or 'difference', got {form!r}")
+    return scale.astype(np.float32), shift.astype(np.float32)
 
 
 def _check_inputs(embeddings, sections, domains=None) -> tuple[np.ndarray, list]:
@@ -100,8 +187,12 @@ class _SectionBackend:
         if not hasattr(self, "sections_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
 
+    def _training_scores(self, x: np.ndarray, sections: list) -> np.ndarray:
+        return self.score_samples(x, sections)
+
     def _fit_thresholds(self, x: np.ndarray, sections: list) -> None:
-        scores = self.score_samples(x, sections)
+        scores = self._training_scores(x, sections)
+        self.train_scores_ = scores
         groups = _group_rows(sections)
         self.thresholds_ = np.array([np.percentile(scores[groups[k]], self.threshold_percentile)
                                      for k in self.sections_], dtype=np.float64)
@@ -117,7 +208,8 @@ class _SectionBackend:
 
 
 class CosineBackend(_SectionBackend):
-    """Minimum cosine distance to k-means means (source) and target training embeddings.
+    """Minimum cosine distance to k-means means (source) and target training embeddings,
+    optionally normalized by each reference's local density.
 
     Args:
         n_clusters: k-means clusters per section (``min(n_clusters, points)`` are used).
@@ -125,39 +217,108 @@ class CosineBackend(_SectionBackend):
             (author's code: source and target together).
         threshold_percentile: percentile of the section's training scores used as threshold.
         random_state: seed of k-means (``n_init=10`` restarts, k-means++).
+        references: ``"kmeans"`` (k-means means + target embeddings, paper) or ``"clips"``
+            (every training embedding of the section, both domains; ``n_clusters`` and
+            ``kmeans_on`` are then unused).
+        score_normalization: ``"none"`` (paper: ``1 - max cos``) or ``"local_density"``.
+        density_pooling, density_k, density_gwrp_r: how :func:`local_density` pools the
+            distances to the other references (``"knn"`` with K, or ``"gwrp"`` with ratio r).
+        density_form: ``"ratio"`` (``min_j d / rho_j``) or ``"difference"`` (``min_j d - rho_j``).
 
     Fitted attributes: ``sections_`` (keys, order of first appearance), ``refs_`` float32
     ``[M, D]`` unit rows grouped by section, ``ref_offsets_`` int64 ``[G+1]``, ``n_kmeans_refs_``
     int64 ``[G]`` (the first ``n_kmeans_refs_[g]`` references of section g are k-means means, the
-    rest target embeddings), ``thresholds_`` float64 ``[G]``.
+    rest training embeddings), ``ref_scale_`` and ``ref_shift_`` float32 ``[M]`` (the score is
+    ``min_j ref_scale_[j] * (1 - cos) + ref_shift_[j]`` over the section's references: ones and
+    zeros without normalization, see :func:`density_scale_shift` with it), ``ref_density_``
+    float64 ``[M]`` (rho; NaN where undefined; only with local density, else None),
+    ``thresholds_`` float64 ``[G]``; after ``fit`` also ``train_scores_`` float64 ``[N]`` (the
+    training clips' scores the thresholds come from, leave-one-out with ``references="clips"``).
     """
 
     def __init__(self, n_clusters: int = 16, kmeans_on: str = "source",
-                 threshold_percentile: float = 90.0, random_state: int = 0):
+                 threshold_percentile: float = 90.0, random_state: int = 0,
+                 references: str = "kmeans", score_normalization: str = "none",
+                 density_pooling: str = "knn", density_k: int = 1, density_gwrp_r: float = 0.5,
+                 density_form: str = "ratio"):
         self.n_clusters = n_clusters
         self.kmeans_on = kmeans_on
         self.threshold_percentile = threshold_percentile
         self.random_state = random_state
+        self.references = references
+        self.score_normalization = score_normalization
+        self.density_pooling = density_pooling
+        self.density_k = density_k
+        self.density_gwrp_r = density_gwrp_r
+        self.density_form = density_form
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters."""
         return {"n_clusters": self.n_clusters, "kmeans_on": self.kmeans_on,
-                "threshold_percentile": self.threshold_percentile, "random_state": self.random_state}
+                "threshold_percentile": self.threshold_percentile, "random_state": self.random_state,
+                "references": self.references, "score_normalization": self.score_normalization,
+                "density_pooling": self.density_pooling, "density_k": self.density_k,
+                "density_gwrp_r": self.density_gwrp_r, "density_form": self.density_form}
+
+    def _check_params(self) -> None:
+        choices = {"kmeans_on": ("source", "all"), "references": ("kmeans", "clips"),
+                   "score_normalization": ("none", "local_density"),
+                   "density_pooling": ("knn", "gwrp"), "density_form": ("ratio", "difference")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"CosineBackend: {name} must be one of {list(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        if int(self.n_clusters) < 1:
+            raise ValueError(f"CosineBackend: n_clusters must be >= 1, got {self.n_clusters}")
+        if int(self.density_k) < 1:
+            raise ValueError(f"CosineBackend: density_k must be >= 1, got {self.density_k}")
+        if not 0.0 <= float(self.density_gwrp_r) <= 1.0:
+            raise ValueError(f"CosineBackend: density_gwrp_r must lie in [0, 1], got {self.density_gwrp_r}")
+
+    @property
+    def normalized(self) -> bool:
+        """Whether the scores are local-density normalized."""
+        return self.score_normalization == "local_density"
+
+    def _training_scores(self, x: np.ndarray, sections: list) -> np.ndarray:
+        """The training clips' scores for the thresholds. With ``references="clips"`` clip i of
+        a section is reference i of that section (fit order), so it is left out of its own
+        minimum (a section of one clip keeps it: score 0)."""
+        if self.references != "clips":
+            return self.score_samples(x, sections)
+        out = np.empty(len(sections), dtype=np.float64)
+        for g, rows in enumerate(_group_rows(sections).values()):
+            lo, hi = int(self.ref_offsets_[g]), int(self.ref_offsets_[g + 1])
+            refs = length_normalize(self.refs_[lo:hi])
+            scale = self.ref_scale_[lo:hi].astype(np.float64)
+            shift = self.ref_shift_[lo:hi].astype(np.float64)
+            q = length_normalize(x[rows])
+            block = max(1, _DENSITY_BLOCK_ENTRIES // len(refs))
+            for b0 in range(0, len(rows), block):
+                val = scale * (1.0 - q[b0:b0 + block] @ refs.T) + shift
+                if len(refs) > 1:
+                    i = np.arange(b0, min(b0 + block, len(rows)))
+                    val[i - b0, i] = np.inf
+                out[rows[b0:b0 + block]] = val.min(axis=1)
+        return out
 
     def fit(self, embeddings, sections: Sequence[Hashable], domains: Sequence[str]) -> "CosineBackend":
         """Fit the references of every section from training embeddings ``[N, D]``."""
         from sklearn.cluster import KMeans
         from sklearn.exceptions import ConvergenceWarning
 
-        if self.kmeans_on not in ("source", "all"):
-            raise ValueError(f"CosineBackend: kmeans_on must be 'source' or 'all', got {self.kmeans_on!r}")
-        if int(self.n_clusters) < 1:
-            raise ValueError(f"CosineBackend: n_clusters must be >= 1, got {self.n_clusters}")
+        self._check_params()
         x, sections = _check_inputs(embeddings, sections, domains)
         domains = np.asarray(list(domains))
         xn = length_normalize(x)
         refs, offsets, n_km, keys = [], [0], [], []
         for key, rows in _group_rows(sections).items():
+            if self.references == "clips":
+                refs.append(xn[rows])
+                offsets.append(offsets[-1] + len(rows))
+                n_km.append(0)
+                keys.append(key)
+                continue
             is_target = domains[rows] == "target"
             km_rows = rows if self.kmeans_on == "all" else rows[~is_target]
             parts = []
@@ -179,12 +340,25 @@ class CosineBackend(_SectionBackend):
         self.refs_ = np.concatenate(refs, axis=0).astype(np.float32)
         self.ref_offsets_ = np.asarray(offsets, dtype=np.int64)
         self.n_kmeans_refs_ = np.asarray(n_km, dtype=np.int64)
+        M = self.refs_.shape[0]
+        if self.normalized:
+            # rho from the stored float32 references (those the scores use)
+            self.ref_density_ = np.concatenate([
+                local_density(self.refs_[a:b], k=self.density_k, pooling=self.density_pooling,
+                              r=self.density_gwrp_r)
+                for a, b in zip(self.ref_offsets_[:-1], self.ref_offsets_[1:])])
+            self.ref_scale_, self.ref_shift_ = density_scale_shift(self.ref_density_, self.density_form)
+        else:
+            self.ref_density_ = None
+            self.ref_scale_, self.ref_shift_ = np.ones(M, np.float32), np.zeros(M, np.float32)
         self._fit_thresholds(x, sections)
         return self
 
     def score_samples(self, embeddings, sections: Sequence[Hashable]) -> np.ndarray:
         """Anomaly scores float64 ``[N]``: min cosine distance (in [0, 2]) to the references of
-        each row's section. Unknown section -> ``KeyError`` naming it."""
+        each row's section, or with local density its normalized form
+        ``min_j ref_scale_[j] * (1 - cos) + ref_shift_[j]``. Unknown section -> ``KeyError``
+        naming it."""
         self._check_fitted()
         x, sections = _check_inputs(embeddings, sections)
         group = self._section_index(sections)
@@ -194,25 +368,34 @@ class CosineBackend(_SectionBackend):
             raise ValueError(f"embeddings have D={x.shape[1]}, the backend was fitted with "
                              f"D={self.refs_.shape[1]}")
         q = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        # plain: no scale/shift, the kernel's original (fastest) path
+        per_ref = ((torch.from_numpy(self.ref_scale_), torch.from_numpy(self.ref_shift_))
+                   if self.normalized else ())
         out = ops.min_cosine_distance(q, torch.from_numpy(self.refs_), torch.from_numpy(group),
-                                      torch.from_numpy(self.ref_offsets_))
+                                      torch.from_numpy(self.ref_offsets_), *per_ref)
         return out.double().numpy()
 
     def get_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``(arrays, meta)``: numeric state (for safetensors) and JSON-able metadata."""
         self._check_fitted()
         arrays = {"refs": self.refs_, "ref_offsets": self.ref_offsets_,
-                  "n_kmeans_refs": self.n_kmeans_refs_, "thresholds": self.thresholds_}
+                  "n_kmeans_refs": self.n_kmeans_refs_, "thresholds": self.thresholds_,
+                  "ref_scale": self.ref_scale_, "ref_shift": self.ref_shift_}
+        if self.ref_density_ is not None:
+            arrays["ref_density"] = self.ref_density_
         meta = {"type": "cosine", "params": self.get_params(),
                 "sections": [_to_json_key(k) for k in self.sections_]}
         return arrays, meta
 
     @classmethod
     def from_state(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> "CosineBackend":
-        """Rebuild a fitted backend from :meth:`get_state`'s output."""
+        """Rebuild a fitted backend from :meth:`get_state`'s output. A state saved before the
+        local-density option (no ``ref_scale`` / ``ref_shift`` arrays, fewer params) loads as the
+        plain backend it was."""
         if meta.get("type") != "cosine":
             raise ValueError(f"CosineBackend.from_state: state type is {meta.get('type')!r}, not 'cosine'")
         self = cls(**meta["params"])
+        self._check_params()
         self.sections_ = [_from_json_key(k) for k in meta["sections"]]
         self.refs_ = np.ascontiguousarray(arrays["refs"], dtype=np.float32)
         self.ref_offsets_ = np.asarray(arrays["ref_offsets"], dtype=np.int64)
@@ -220,6 +403,17 @@ class CosineBackend(_SectionBackend):
         self.thresholds_ = np.asarray(arrays["thresholds"], dtype=np.float64)
         if len(self.ref_offsets_) != len(self.sections_) + 1 or len(self.thresholds_) != len(self.sections_):
             raise ValueError("CosineBackend.from_state: arrays do not match the section list")
+        M = self.refs_.shape[0]
+        if self.normalized and not ("ref_scale" in arrays and "ref_shift" in arrays):
+            raise ValueError("CosineBackend.from_state: local-density state without ref_scale/ref_shift")
+        self.ref_scale_ = np.ascontiguousarray(arrays.get("ref_scale", np.ones(M)), dtype=np.float32)
+        self.ref_shift_ = np.ascontiguousarray(arrays.get("ref_shift", np.zeros(M)), dtype=np.float32)
+        density = arrays.get("ref_density")
+        self.ref_density_ = None if density is None else np.asarray(density, dtype=np.float64)
+        for name in ("ref_scale_", "ref_shift_") + (("ref_density_",) if density is not None else ()):
+            if getattr(self, name).shape != (M,):
+                raise ValueError(f"CosineBackend.from_state: {name[:-1]} must be [{M}] (one value per "
+                                 f"reference), got shape {getattr(self, name).shape}")
         return self
 
 
@@ -320,7 +514,10 @@ def make_backend(config) -> CosineBackend | GMMBackend:
     """The backend a :class:`fastasd.config.Config` asks for (unfitted); seed = ``config.seed``."""
     if config.backend == "cosine":
         return CosineBackend(n_clusters=config.n_clusters, kmeans_on=config.kmeans_on,
-                             threshold_percentile=config.threshold_percentile, random_state=config.seed)
+                             threshold_percentile=config.threshold_percentile, random_state=config.seed,
+                             references=config.references, score_normalization=config.score_normalization,
+                             density_pooling=config.density_pooling, density_k=config.density_k,
+                             density_gwrp_r=config.density_gwrp_r, density_form=config.density_form)
     if config.backend == "gmm":
         return GMMBackend(n_components=config.gmm_components, reg_covar=config.gmm_reg,
                           threshold_percentile=config.threshold_percentile, random_state=config.seed)
@@ -334,3 +531,60 @@ def backend_from_state(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> C
     if kind not in kinds:
         raise ValueError(f"backend_from_state: unknown backend type {kind!r}; expected {sorted(kinds)}")
     return kinds[kind].from_state(arrays, meta)
+
+
+# --------------------------------------------------------------------------- CLI
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``fastasd fit-backend``: model, data, output, and the backend switches."""
+    from fastasd.config import BACKEND_FIELDS, PRESETS
+    from fastasd.train import add_config_switches
+
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.description = (
+        "Fit a new backend (and decision thresholds) for a trained model without retraining: the "
+        "training clips of DATA_ROOT are embedded once by the model's networks, the backend is "
+        "fitted on them, and the result is saved as a complete model in NEW_MODEL_DIR. Backend "
+        "settings not given keep the model's values.")
+    parser.add_argument("model", metavar="MODEL_DIR", help="a saved model (fastasd train --out)")
+    parser.add_argument("data_root", nargs="+", metavar="DATA_ROOT",
+                        help="DCASE root(s) whose training clips fit the backend (normally those the "
+                             "model was trained on)")
+    parser.add_argument("--out", required=True, metavar="NEW_MODEL_DIR", help="where to save the new model")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                        help="take the backend settings of this preset (e.g. balanced), then the switches")
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in NEW_MODEL_DIR")
+    parser.add_argument("--ground-truth", metavar="GT", default=None,
+                        help="ground-truth folder for unlabelled test names (not needed to fit)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_switches(parser.add_argument_group("backend settings (default: the model's value)"),
+                        names=BACKEND_FIELDS)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run ``fastasd fit-backend``; returns the exit status."""
+    from fastasd import api
+    from fastasd.data.audio import AudioError
+    from fastasd.train import config_overrides
+
+    src, out = Path(args.model), Path(args.out)
+    if out.exists() and src.exists() and out.resolve() == src.resolve():
+        print(f"fastasd fit-backend: --out {out} is the model folder itself; choose a new folder",
+              file=sys.stderr)
+        return 2
+    if (out / api.MANIFEST).exists() and not args.overwrite:
+        print(f"fastasd fit-backend: {out} already holds a model; pass --overwrite to replace it",
+              file=sys.stderr)
+        return 2
+    try:
+        overrides = config_overrides(args)
+        det = api.load(src)
+        new = det.refit_backend(args.data_root, out, preset=args.preset, ground_truth=args.ground_truth,
+                                progress=False if args.no_progress else None, **overrides)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, AudioError) as e:
+        print(f"fastasd fit-backend: {e}", file=sys.stderr)
+        return 2
+    r = new.info["refit_backend"]
+    changed = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "no setting changed"
+    print(f"fitted the backend of {src} on {r['n_train_clips']} training clips in {r['seconds']:.0f} s "
+          f"({changed}); saved to {out}")
+    return 0

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fastasd.demo", "synthesize data, train, score and evaluate in one go"),
     "synth": ("fastasd.data.synth", "write a synthetic DCASE-style machine-sound dataset"),
     "train": ("fastasd.train", "train a detector on a DCASE-layout dataset"),
+    "fit-backend": ("fastasd.backend", "fit a new backend for a trained model, without retraining"),
     "score": ("fastasd.score", "score audio files, folders, archives or a DCASE root"),
     "export": ("fastasd.export", "export a trained model to one ONNX graph (waveform -> anomaly score)"),
     "evaluate": ("fastasd.evaluate", "compute AUC/pAUC and the official score of submission files"),
@@ -25,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # Commands whose tensors are large enough that glibc's mmap for every big block costs page faults
 # on every step (see fastasd/allocator.py; FASTASD_MALLOC_TUNING=0 turns the tuning off).
-_HEAVY_COMMANDS = ("demo", "train", "score")
+_HEAVY_COMMANDS = ("demo", "train", "fit-backend", "score")
 
 
 def build_parser() -> argparse.ArgumentParser:

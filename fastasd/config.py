@@ -10,6 +10,13 @@ Presets (:meth:`Config.preset`):
 - ``"standard"``: the paper's Table 7 "standard design choices": log-mel spectrograms, trainable
   cluster centers, bias terms and a GMM backend; everything else as in ``"paper"``.
 - ``"demo"``: a small, fast configuration for the synthetic demo (owned by the demo stream).
+- ``"balanced"``: the paper's training, with domain-balanced anomaly scores: local-density
+  normalization (Wilkinghoff et al., ICASSP 2025 / TASLP 2025) in that method's default form:
+  every training clip of the section is a reference, K = 1 nearest other reference, ratio
+  ``d / rho``.
+
+:data:`BACKEND_FIELDS` are the fields that act only after the embeddings exist (the backend and
+its thresholds): changing them needs no retraining (``fastasd fit-backend``).
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-__all__ = ["Config", "PRESETS"]
+__all__ = ["Config", "PRESETS", "BACKEND_FIELDS"]
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None,
@@ -138,6 +145,32 @@ class Config:
     threshold_percentile: float = _f(90.0, "Decision threshold = this percentile of the section's "
                                      "training scores.", minimum=0.0, maximum=100.0)
     """Decision threshold per section: this percentile of the section's own training scores."""
+    references: str = _f("kmeans", "References of the cosine backend per section: k-means means of "
+                         "the source clips plus every target clip (paper), or every training clip.",
+                         choices=("kmeans", "clips"))
+    """Cosine backend references per section: ``kmeans`` (k-means means + target clips, paper) or
+    ``clips`` (every training clip of the section, both domains)."""
+    score_normalization: str = _f("none", "Cosine backend score: plain min cosine distance (paper), or "
+                                  "local-density normalized per reference (domain-balanced scores, "
+                                  "Wilkinghoff et al. 2025).", choices=("none", "local_density"))
+    """``none``: min cosine distance (paper); ``local_density``: each reference's distance divided by
+    (ratio) or reduced by (difference) its local density rho_j (see :mod:`fastasd.backend`)."""
+    density_pooling: str = _f("knn", "Local density rho_j of a reference: mean distance to its "
+                              "density_k nearest other references (knn), or their geometrically "
+                              "weighted mean over all of them with ratio density_gwrp_r (gwrp).",
+                              choices=("knn", "gwrp"))
+    """How rho_j pools the distances to the other references: ``knn`` (mean of the K nearest) or
+    ``gwrp`` (geometrically weighted rank pooling over all, ratio ``density_gwrp_r``)."""
+    density_k: int = _f(1, "K of the knn local density (nearest other references averaged).",
+                        minimum=1)
+    """K of the K-NN local density (the paper's default: 1)."""
+    density_gwrp_r: float = _f(0.5, "Ratio r of the gwrp local density: the i-th nearest other "
+                               "reference has weight r^(i-1) (0 = nearest only, 1 = plain mean).",
+                               minimum=0.0, maximum=1.0)
+    """GWRP ratio r in [0, 1]: weight ``r**(i-1)`` for the i-th nearest other reference."""
+    density_form: str = _f("ratio", "Local-density score: min_j d/rho_j (ratio) or min_j d - rho_j "
+                           "(difference), with d = (1 - cos)/2.", choices=("ratio", "difference"))
+    """``ratio``: ``min_j d(x, r_j) / rho_j`` (paper's default); ``difference``: ``min_j d - rho_j``."""
 
     # ---------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -279,4 +312,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # score-vs-steps curve (benchmarks/results/steps_curve_cpu.md) peaks near 250 steps and falls
     # after; BatchNorm momentum 0.1 instead of 0.01 did not help (steps_curve_cpu-bn.md).
     "demo": {"clip_seconds": 2.0},
+    # The paper's training with domain-balanced scores: local-density normalization in the default
+    # form of Wilkinghoff et al. (2025): all training clips as references, K = 1, ratio d / rho_j.
+    "balanced": {"score_normalization": "local_density", "references": "clips"},
 }
+
+# Config fields that act only after the embeddings are computed (backend and thresholds).
+BACKEND_FIELDS: tuple[str, ...] = (
+    "backend", "n_clusters", "kmeans_on", "gmm_components", "gmm_reg", "threshold_percentile",
+    "references", "score_normalization", "density_pooling", "density_k", "density_gwrp_r",
+    "density_form")

@@ -51,6 +51,7 @@ def stft_magnitude(waveforms: torch.Tensor, n_fft: int, hop: int, normalize: boo
 
 def min_cosine_distance(
     queries: torch.Tensor, refs: torch.Tensor, query_group: torch.Tensor, ref_offsets: torch.Tensor,
+    ref_scale: torch.Tensor | None = None, ref_shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Batched ragged nearest-reference search by cosine distance (fused kernel #3).
 
@@ -61,20 +62,28 @@ def min_cosine_distance(
         query_group: ``[N]`` int64, the group of each query, in ``[0, G)``.
         ref_offsets: ``[G+1]`` int64, ``0 = ref_offsets[0] < ref_offsets[1] < ... = M`` (every
             group has at least one reference).
+        ref_scale, ref_shift: optional ``[M]`` per-reference scale and shift (dtype and device of
+            ``refs``; finite values expected). A missing one counts as ones / zeros. The
+            local-density normalization of :class:`fastasd.backend.CosineBackend` uses them:
+            ratio form ``scale = 1 / (2 rho_j)``, shift 0; difference form scale 1/2,
+            ``shift = -rho_j``.
 
     Returns:
-        ``[N]``: ``d[i] = 1 - max_{j in group(i)} <q_i, r_j> / (max(|q_i|, eps) max(|r_j|, eps))``,
-        ``eps = 1e-12``, in ``[0, 2]`` (higher = farther = more anomalous). The ``N x M``
-        similarity matrix is never built. No gradient. NaN propagates: a NaN in a query row
-        gives NaN for that query, a NaN in a reference row NaN for every query of its group.
+        ``[N]``: ``d[i] = min_{j in group(i)} ref_scale[j] * (1 - cos_ij) + ref_shift[j]`` with
+        ``cos_ij = <q_i, r_j> / (max(|q_i|, eps) max(|r_j|, eps))``, ``eps = 1e-12``; without
+        scale and shift that is ``1 - max_j cos_ij``, in ``[0, 2]`` (higher = farther = more
+        anomalous), computed exactly as before they existed. NaN propagates: NaN in a query row
+        gives NaN for it; NaN in a reference row or in its scale/shift gives NaN for every query
+        of that group. The ``N x M`` similarity matrix is never built. No gradient.
         On CUDA the values of ``query_group`` / ``ref_offsets`` are checked on the device
         without a host sync: bad ones give NaN, and the ``ValueError`` is raised by a later call
         on that device once the GPU has finished (``FASTASD_CUDA_CHECK_VALUES=sync``: by the
         faulty call itself; ``=0``: never).
     """
     if _native("min_cosine_distance", queries.device.type):
-        return torch.ops.fastasd.min_cosine_distance.default(queries, refs, query_group, ref_offsets)
-    return reference.min_cosine_distance(queries, refs, query_group, ref_offsets)
+        return torch.ops.fastasd.min_cosine_distance.default(queries, refs, query_group, ref_offsets,
+                                                             ref_scale, ref_shift)
+    return reference.min_cosine_distance(queries, refs, query_group, ref_offsets, ref_scale, ref_shift)
 
 
 # Fake (meta) implementations: output shapes and dtypes for torch.compile / FakeTensor tracing,
@@ -98,7 +107,7 @@ if _NATIVE:
         return waveforms.new_empty((B, 1 + (N - n_fft) // hop, n_fft // 2 + 1))
 
     @torch.library.register_fake("fastasd::min_cosine_distance")
-    def _min_cosine_distance_fake(queries, refs, query_group, ref_offsets):
+    def _min_cosine_distance_fake(queries, refs, query_group, ref_offsets, ref_scale=None, ref_shift=None):
         op = "min_cosine_distance"
         _fake_check(queries.dim() == 2, op, f"queries must be [N, D], got shape {tuple(queries.shape)}")
         _fake_check(refs.dim() == 2, op, f"refs must be [M, D], got shape {tuple(refs.shape)}")
@@ -113,6 +122,12 @@ if _NATIVE:
                      lambda: f"fastasd::{op}: refs must have D={queries.shape[1]} columns like queries")
         torch._check(query_group.shape[0] == queries.shape[0],
                      lambda: f"fastasd::{op}: query_group must have N={queries.shape[0]} entries")
+        for name, t in (("ref_scale", ref_scale), ("ref_shift", ref_shift)):
+            if t is not None:
+                _fake_check(t.dim() == 1, op, f"{name} must be [M], got shape {tuple(t.shape)}")
+                _fake_check(t.dtype == refs.dtype, op, f"{name} must have the dtype of refs, got {t.dtype}")
+                torch._check(t.shape[0] == refs.shape[0],
+                             lambda: f"fastasd::{op}: {name} must have M={refs.shape[0]} entries")
         return queries.new_empty((queries.shape[0],))
 
 

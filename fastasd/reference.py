@@ -160,19 +160,24 @@ def subcluster_adacos(
 
 def min_cosine_distance(
     queries: torch.Tensor, refs: torch.Tensor, query_group: torch.Tensor, ref_offsets: torch.Tensor,
+    ref_scale: torch.Tensor | None = None, ref_shift: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """For each query, ``1 - max cosine similarity`` over the references of its group.
+    """For each query, the minimum cosine distance ``1 - cos`` over the references of its group,
+    optionally scaled and shifted per reference.
 
     Args:
         queries: ``[N, D]``.
         refs: ``[M, D]``, grouped contiguously: group g owns rows ``ref_offsets[g]:ref_offsets[g+1]``.
         query_group: ``[N]`` int64 group index of each query.
         ref_offsets: ``[G+1]`` int64, non-decreasing, ``ref_offsets[0] == 0``, ``ref_offsets[G] == M``.
+        ref_scale, ref_shift: optional ``[M]`` (dtype and device of ``refs``); a missing one
+            counts as ones (scale) or zeros (shift).
 
     Returns:
-        ``[N]`` distances in ``[0, 2]`` (higher = farther = more anomalous). A NaN in a query row
-        gives NaN for that query; a NaN in a reference row gives NaN for every query of that
-        reference's group.
+        ``[N]``: ``d[i] = min_{j in group(i)} ref_scale[j] * (1 - cos_ij) + ref_shift[j]``; without
+        scale and shift ``1 - max_j cos_ij`` in ``[0, 2]`` (higher = farther = more anomalous).
+        NaN propagates: a NaN in a query row gives NaN for that query, a NaN in a reference row
+        or in its scale or shift gives NaN for every query of the group.
     """
     op = "min_cosine_distance"
     _check(queries.dim() == 2 and refs.dim() == 2, op,
@@ -183,6 +188,9 @@ def min_cosine_distance(
            f"query_group must be [{queries.shape[0]}], got {tuple(query_group.shape)}")
     _check(ref_offsets.dim() == 1 and ref_offsets.shape[0] >= 2, op,
            f"ref_offsets must be [G+1] with G >= 1, got {tuple(ref_offsets.shape)}")
+    for name, t in (("ref_scale", ref_scale), ("ref_shift", ref_shift)):
+        _check(t is None or (t.dim() == 1 and t.shape[0] == refs.shape[0]), op,
+               f"{name} must be [M={refs.shape[0]}] (one value per reference), got {None if t is None else tuple(t.shape)}")
     offsets = ref_offsets.tolist()
     G = len(offsets) - 1
     _check(offsets[0] == 0 and offsets[-1] == refs.shape[0], op,
@@ -192,6 +200,25 @@ def min_cosine_distance(
     out = queries.new_empty(queries.shape[0])
     if queries.shape[0] == 0:
         return out
+    groups = query_group.tolist()
+    _check(min(groups) >= 0 and max(groups) < G, op, f"query_group values must lie in [0, {G})")
+    qn = F.normalize(queries, dim=1, eps=_NORM_EPS)
+    rn = F.normalize(refs, dim=1, eps=_NORM_EPS)
+    scaled = ref_scale is not None or ref_shift is not None
+    for g in torch.unique(query_group).tolist():
+        idx = (query_group == g).nonzero(as_tuple=True)[0]
+        lo, hi = offsets[g], offsets[g + 1]
+        sims = qn[idx] @ rn[lo:hi].T
+        if not scaled:
+            out[idx] = 1.0 - sims.max(dim=1).values
+            continue
+        dist = 1.0 - sims
+        if ref_scale is not None:
+            dist = ref_scale[lo:hi].to(dist.dtype) * dist
+        if ref_shift is not None:
+            dist = dist + ref_shift[lo:hi].to(dist.dtype)
+        out[idx] = dist.min(dim=1).values
+    return out
     groups = query_group.tolist()
     _check(min(groups) >= 0 and max(groups) < G, op, f"query_group values must lie in [0, {G})")
     qn = F.normalize(queries, dim=1, eps=_NORM_EPS)

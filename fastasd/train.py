@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from fastasd._io import atomic_open
-from fastasd.config import Config
+from fastasd.config import BACKEND_FIELDS, PRESETS, Config
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ CHECKPOINT_VERSION = 1
 # Config fields that may differ between a checkpoint and the run resuming it: they do not change
 # what the optimizer steps compute (epochs may grow to train longer; backend settings act later).
 _RESUME_FREE = frozenset({"epochs", "device", "num_workers", "mixed_precision", "ensemble_size",
-                          "backend", "n_clusters", "kmeans_on", "gmm_components", "gmm_reg",
-                          "threshold_percentile"})
+                          *BACKEND_FIELDS})
 # Decoded training audio is kept in memory (num_workers == 0) when it needs at most this many MiB.
 _CACHE_MIB = float(os.environ.get("FASTASD_TRAIN_CACHE_MIB", "2048"))
 
@@ -488,9 +487,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue an interrupted training from MODEL_DIR/checkpoints")
     parser.add_argument("--ground-truth", metavar="GT", default=None,
                         help="ground-truth folder for unlabelled test names (not needed to train)")
-    parser.add_argument("--preset", choices=("paper", "standard", "demo"), default="paper",
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="paper",
                         help="base configuration: the paper's system, the paper's Table 7 "
-                             "'standard design choices', or the small demo setting")
+                             "'standard design choices', the small demo setting, or the paper's "
+                             "system with domain-balanced (local-density normalized) scores")
     parser.add_argument("--config", metavar="JSON", default=None,
                         help="a config.json (e.g. of a saved model) as the base instead of --preset")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -498,14 +498,29 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="under torchrun: train each ensemble member with DistributedDataParallel "
                              "over all processes (each global batch of --batch-size clips split over "
                              "them) instead of one member per process (the default)")
-    group = parser.add_argument_group("configuration (default: the preset's value)")
+    add_config_switches(parser.add_argument_group("configuration (default: the preset's value)"))
+
+
+def add_config_switches(group, names=None) -> None:
+    """One ``--<field>`` switch per Config field (or per field in ``names``), default None (= keep
+    the base configuration's value); :func:`config_overrides` reads them back."""
     for name, typ, default, help_text, choices in Config.fields_help():
-        if name in _CLI_SKIP:
+        if name in _CLI_SKIP or (names is not None and name not in names):
             continue
         metavar = "{" + ",".join(map(str, choices)) + "}" if choices else (
             "BOOL" if typ is bool else typ.__name__.upper())
         group.add_argument(_option(name), dest=f"cfg_{name}", default=None, metavar=metavar,
                            help=f"{help_text} [paper: {default}]")
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The Config fields set by :func:`add_config_switches` switches, parsed."""
+    overrides = {}
+    for name, *_ in Config.fields_help():
+        text = getattr(args, f"cfg_{name}", None)
+        if text is not None:
+            overrides[name] = Config.parse_value(name, text)
+    return overrides
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -515,11 +530,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             base = Config.from_dict(json.load(f))
     else:
         base = Config.preset(args.preset)
-    overrides = {}
-    for name, *_ in Config.fields_help():
-        text = getattr(args, f"cfg_{name}", None)
-        if text is not None:
-            overrides[name] = Config.parse_value(name, text)
+    overrides = config_overrides(args)
     return base.replace(**overrides) if overrides else base
 
 

@@ -1,4 +1,5 @@
-"""Backends: references, scores vs brute force, thresholds, GMM option, state round trip."""
+"""Backends: references, scores vs brute force, thresholds, GMM option, state round trip, and the
+local-density normalization (scores against a float64 implementation of its formulas)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 import fastasd.ops
-from fastasd.backend import CosineBackend, GMMBackend, backend_from_state, make_backend
+from fastasd.backend import (CosineBackend, GMMBackend, backend_from_state, density_scale_shift,
+                             local_density, make_backend)
 from fastasd.config import Config
 
 D = 8
@@ -153,9 +155,208 @@ def test_make_backend_from_config():
     b = make_backend(Config(n_clusters=7, kmeans_on="all", threshold_percentile=80.0, seed=3))
     assert isinstance(b, CosineBackend)
     assert b.get_params() == {"n_clusters": 7, "kmeans_on": "all", "threshold_percentile": 80.0,
-                              "random_state": 3}
+                              "random_state": 3, "references": "kmeans", "score_normalization": "none",
+                              "density_pooling": "knn", "density_k": 1, "density_gwrp_r": 0.5,
+                              "density_form": "ratio"}
+    d = make_backend(Config.preset("balanced").replace(density_pooling="gwrp", density_gwrp_r=0.25,
+                                                       density_form="difference", density_k=3))
+    assert {k: v for k, v in d.get_params().items() if k.startswith(("density", "score", "ref"))} == {
+        "references": "clips", "score_normalization": "local_density", "density_pooling": "gwrp",
+        "density_k": 3, "density_gwrp_r": 0.25, "density_form": "difference"}
     g = make_backend(Config(backend="gmm", gmm_components=4, gmm_reg=1e-2))
     assert isinstance(g, GMMBackend)
     assert g.get_params() == {"n_components": 4, "reg_covar": 1e-2, "threshold_percentile": 90.0,
                               "random_state": 0}
     assert not hasattr(g, "sections_")  # __init__ only stores parameters
+
+
+# --- local-density normalization ----------------------------------------------------------------
+
+def _formula_scores(refs_by_section, queries, sections, *, form, pooling, k=1, r=0.5):
+    """The local-density scores spelled out in float64 (no duplicates in the references):
+    d = (1 - cos) / 2; rho_j = mean of the K nearest other d (knn) or sum r^(i-1) d_(i) /
+    sum r^(i-1) over all others (gwrp); score = min_j d / rho_j (ratio) or min_j d - rho_j."""
+    rho = {}
+    for s, refs in refs_by_section.items():
+        u = _unit(np.asarray(refs, np.float64))
+        dist = (1.0 - u @ u.T) / 2.0
+        out = []
+        for j in range(len(u)):
+            others = np.sort(np.delete(dist[j], j))
+            if pooling == "knn":
+                out.append(others[:k].mean())
+            else:
+                w = r ** np.arange(len(others))
+                out.append((w * others).sum() / w.sum())
+        rho[s] = np.asarray(out)
+    scores = []
+    for q, s in zip(_unit(np.asarray(queries, np.float64)), sections):
+        d = (1.0 - _unit(np.asarray(refs_by_section[s], np.float64)) @ q) / 2.0
+        scores.append(np.min(d / rho[s] if form == "ratio" else d - rho[s]))
+    return np.asarray(scores), rho
+
+
+DENSITY_CASES = [  # (form, pooling, K, r)
+    ("ratio", "knn", 1, 0.5),
+    ("difference", "knn", 1, 0.5),
+    ("ratio", "knn", 4, 0.5),
+    ("difference", "knn", 4, 0.5),
+    ("ratio", "gwrp", 1, 0.7),
+    ("difference", "gwrp", 1, 0.3),
+]
+
+
+@pytest.mark.parametrize("references", ["clips", "kmeans"])
+@pytest.mark.parametrize("form,pooling,k,r", DENSITY_CASES)
+def test_local_density_scores_equal_float64_formulas(references, form, pooling, k, r):
+    x, sec, dom = _train_set(seed=6, n_source=30, n_target=4)
+    b = CosineBackend(n_clusters=6, references=references, score_normalization="local_density",
+                      density_pooling=pooling, density_k=k, density_gwrp_r=r, density_form=form).fit(x, sec, dom)
+    if references == "clips":  # the references are the training clips themselves, as given
+        refs = {s: x[[i for i in range(len(sec)) if sec[i] == s]] for s in b.sections_}
+        assert b.n_kmeans_refs_.tolist() == [0, 0] and b.ref_offsets_.tolist() == [0, 34, 68]
+    else:  # the k-means means (not the formula under test) and the target clips
+        refs = {s: b.refs_[b.ref_offsets_[g]:b.ref_offsets_[g + 1]] for g, s in enumerate(b.sections_)}
+    rng = np.random.default_rng(7)
+    q = np.concatenate([x[::3], rng.normal(size=(20, D)).astype(np.float32) * 3])
+    qs = sec[::3] + [b.sections_[i % 2] for i in range(20)]
+    expected, rho = _formula_scores(refs, q, qs, form=form, pooling=pooling, k=k, r=r)
+    got = b.score_samples(q, qs)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-6 * scale)  # float32 kernel
+    # rho from the float32 references (rounded once more than the clips): float32 agreement
+    np.testing.assert_allclose(b.ref_density_, np.concatenate([rho[s] for s in b.sections_]), rtol=1e-5)
+    # the thresholds are percentiles of the training clips' scores; with the clips as references
+    # each clip is scored without itself (leave-one-out), else every training score would be 0
+    if references == "clips":
+        train = []
+        for i, (v, s) in enumerate(zip(_unit(x.astype(np.float64)), sec)):
+            own = [j for j in range(len(sec)) if sec[j] == s]
+            g = b.sections_.index(s)
+            rho_s = rho[s]
+            d = (1.0 - _unit(x[own].astype(np.float64)) @ v) / 2.0
+            val = d / rho_s if form == "ratio" else d - rho_s
+            val[own.index(i)] = np.inf
+            train.append(val.min())
+        train = np.asarray(train)
+    else:
+        train = b.score_samples(x, sec)
+    np.testing.assert_allclose(b.train_scores_, train, rtol=1e-5, atol=2e-6 * np.abs(train).max())
+    for g, s in enumerate(b.sections_):
+        assert b.thresholds_[g] == pytest.approx(np.percentile(b.train_scores_[np.asarray(sec) == s], 90.0))
+
+
+def test_local_density_ref_scale_shift_reproduce_the_scores():
+    # what an exporter computes from ref_scale_/ref_shift_ alone, without knowing the method
+    x, sec, dom = _train_set(seed=8)
+    q = np.random.default_rng(9).normal(size=(25, D)).astype(np.float32)
+    qs = [["fan/00", "fan/01"][i % 2] for i in range(25)]
+    for params in [{}, {"score_normalization": "local_density"},
+                   {"score_normalization": "local_density", "density_form": "difference", "references": "clips"}]:
+        b = CosineBackend(n_clusters=4, **params).fit(x, sec, dom)
+        M = b.refs_.shape[0]
+        for name in ("ref_scale_", "ref_shift_"):
+            a = getattr(b, name)
+            assert a.dtype == np.float32 and a.shape == (M,)
+        if not params:
+            assert (b.ref_scale_ == 1).all() and (b.ref_shift_ == 0).all() and b.ref_density_ is None
+        out = []
+        for v, s in zip(_unit(q.astype(np.float64)), qs):
+            g = b.sections_.index(s)
+            lo, hi = b.ref_offsets_[g], b.ref_offsets_[g + 1]
+            cos = _unit(b.refs_[lo:hi].astype(np.float64)) @ v
+            out.append(np.min(b.ref_scale_[lo:hi] * (1 - cos) + b.ref_shift_[lo:hi]))
+        np.testing.assert_allclose(b.score_samples(q, qs), out, rtol=1e-5, atol=1e-6)
+
+
+def test_gwrp_limits_are_nearest_and_mean():
+    refs = np.random.default_rng(10).normal(size=(9, D))
+    nearest = local_density(refs, k=1, pooling="knn")
+    np.testing.assert_allclose(local_density(refs, pooling="gwrp", r=0.0), nearest, rtol=1e-12)
+    np.testing.assert_allclose(local_density(refs, pooling="gwrp", r=1.0),
+                               local_density(refs, k=8, pooling="knn"), rtol=1e-12)
+    # K beyond the other references: all of them
+    np.testing.assert_allclose(local_density(refs, k=50), local_density(refs, k=8), rtol=1e-12)
+    with pytest.raises(ValueError, match="pooling"):
+        local_density(refs, pooling="median")
+    with pytest.raises(ValueError, match="CosineBackend: density_form"):
+        CosineBackend(score_normalization="local_density", density_form="log").fit(*_train_set())
+
+
+@pytest.mark.parametrize("form", ["ratio", "difference"])
+def test_local_density_invariant_to_reference_order(form):
+    x, sec, dom = _train_set(seed=11, n_source=25)
+    perm = np.random.default_rng(12).permutation(len(sec))
+    kw = dict(references="clips", score_normalization="local_density", density_k=3, density_form=form)
+    a = CosineBackend(**kw).fit(x, sec, dom)
+    b = CosineBackend(**kw).fit(x[perm], [sec[i] for i in perm], [dom[i] for i in perm])
+    q = np.random.default_rng(13).normal(size=(30, D)).astype(np.float32)
+    qs = [["fan/00", "fan/01"][i % 2] for i in range(30)]
+    np.testing.assert_allclose(a.score_samples(q, qs), b.score_samples(q, qs), rtol=1e-6, atol=1e-7)
+    for g, key in enumerate(a.sections_):  # the permutation may reorder the sections
+        assert b.thresholds_[b.sections_.index(key)] == pytest.approx(a.thresholds_[g], rel=1e-6)
+    assert sorted(a.ref_density_.tolist()) == pytest.approx(sorted(b.ref_density_.tolist()), rel=1e-9)
+
+
+@pytest.mark.parametrize("form", ["ratio", "difference"])
+def test_local_density_degenerate_cases(form):
+    kw = dict(references="clips", score_normalization="local_density", density_form=form)
+    x, sec, dom = _train_set(seed=14, sections=("a",), n_source=12, n_target=2)
+    plain = CosineBackend(**kw).fit(x, sec, dom)
+    # duplicated references (every clip twice): duplicates are skipped, rho is as without them
+    twice = CosineBackend(**kw).fit(np.concatenate([x, x]), sec * 2, dom * 2)
+    assert np.isfinite(twice.ref_density_).all() and (twice.ref_density_ > 0).all()
+    np.testing.assert_allclose(twice.ref_density_, np.tile(plain.ref_density_, 2), rtol=1e-6)
+    q = np.random.default_rng(15).normal(size=(10, D)).astype(np.float32)
+    np.testing.assert_allclose(twice.score_samples(q, ["a"] * 10), plain.score_samples(q, ["a"] * 10), rtol=1e-5)
+    # a section with a single reference, and one whose references are all one point: rho is
+    # undefined (NaN) and the section is scored by the plain d = (1 - cos) / 2
+    one = np.random.default_rng(16).normal(size=(1, D)).astype(np.float32)
+    for refs in (one, np.repeat(one, 3, axis=0)):
+        b = CosineBackend(**kw).fit(np.concatenate([x, refs]), sec + ["single"] * len(refs),
+                                    dom + ["target"] * len(refs))
+        g = b.sections_.index("single")
+        lo, hi = b.ref_offsets_[g], b.ref_offsets_[g + 1]
+        assert np.isnan(b.ref_density_[lo:hi]).all()
+        assert (b.ref_scale_[lo:hi] == 0.5).all() and (b.ref_shift_[lo:hi] == 0).all()
+        d = (1 - _unit(q.astype(np.float64)) @ _unit(one.astype(np.float64))[0]) / 2
+        np.testing.assert_allclose(b.score_samples(q, ["single"] * 10), d, rtol=1e-5, atol=1e-7)
+        assert np.isfinite(b.thresholds_).all()
+
+
+def test_density_scale_shift_forms():
+    rho = np.array([0.1, 0.25, np.nan])
+    sc, sh = density_scale_shift(rho, "ratio")
+    np.testing.assert_allclose(sc, [5.0, 2.0, 0.5]) and np.testing.assert_array_equal(sh, 0)
+    sc, sh = density_scale_shift(rho, "difference")
+    np.testing.assert_array_equal(sc, 0.5) and np.testing.assert_allclose(sh, [-0.1, -0.25, 0.0])
+
+
+def test_local_density_state_round_trip_and_old_states():
+    keys = [("fan", "00"), ("valve", "01")]
+    x, sec, dom = _train_set(seed=17, sections=keys)
+    b = CosineBackend(n_clusters=3, score_normalization="local_density", density_k=2).fit(x, sec, dom)
+    arrays, meta = b.get_state()
+    assert {"ref_scale", "ref_shift", "ref_density"} <= set(arrays)
+    clone = backend_from_state({k: np.array(v) for k, v in arrays.items()}, json.loads(json.dumps(meta)))
+    q = np.random.default_rng(18).normal(size=(12, D)).astype(np.float32)
+    qs = [keys[i % 2] for i in range(12)]
+    np.testing.assert_array_equal(clone.score_samples(q, qs), b.score_samples(q, qs))
+    np.testing.assert_array_equal(clone.ref_density_, b.ref_density_)
+    assert clone.get_params() == b.get_params()
+    # a state saved before the option existed: no new arrays, no new params -> the plain backend
+    plain = CosineBackend(n_clusters=3).fit(x, sec, dom)
+    arrays, meta = plain.get_state()
+    old_arrays = {k: v for k, v in arrays.items() if k not in ("ref_scale", "ref_shift")}
+    old_meta = {**meta, "params": {k: meta["params"][k] for k in
+                                   ("n_clusters", "kmeans_on", "threshold_percentile", "random_state")}}
+    old = backend_from_state(old_arrays, old_meta)
+    assert old.score_normalization == "none" and old.ref_density_ is None
+    assert (old.ref_scale_ == 1).all() and (old.ref_shift_ == 0).all()
+    np.testing.assert_array_equal(old.score_samples(q, qs), plain.score_samples(q, qs))
+    # a normalized state must carry its scales; wrong lengths are named
+    arrays, meta = b.get_state()
+    with pytest.raises(ValueError, match="ref_scale"):
+        backend_from_state({k: v for k, v in arrays.items() if k != "ref_scale"}, meta)
+    with pytest.raises(ValueError, match="ref_shift"):
+        backend_from_state({**arrays, "ref_shift": arrays["ref_shift"][:-1]}, meta)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fastasd.config import PRESETS, Config
+from fastasd.config import BACKEND_FIELDS, PRESETS, Config
 
 
 def test_defaults_match_spec():
@@ -62,9 +62,20 @@ def test_presets():
     assert std.replace(spectrogram_type="linear", trainable_centers=False, use_bias=False,
                        backend="cosine") == Config()
     assert Config.preset("demo").clip_seconds < Config().clip_seconds
-    assert set(PRESETS) >= {"paper", "standard", "demo"}
+    assert set(PRESETS) >= {"paper", "standard", "demo", "balanced"}
     with pytest.raises(ValueError, match="nope"):
         Config.preset("nope")
+    # balanced = the paper's training, only the scores differ (the method's default form)
+    bal = Config.preset("balanced")
+    assert (bal.score_normalization, bal.references, bal.density_pooling, bal.density_k,
+            bal.density_form) == ("local_density", "clips", "knn", 1, "ratio")
+    assert bal.replace(**{k: getattr(Config(), k) for k in BACKEND_FIELDS}) == Config()
+    paper = Config()
+    assert (paper.score_normalization, paper.references) == ("none", "kmeans")  # the paper's backend
+    with pytest.raises(ValueError, match="density_gwrp_r"):
+        Config(density_gwrp_r=1.5)
+    with pytest.raises(ValueError, match="score_normalization"):
+        Config(score_normalization="zscore")
 
 
 def test_fields_help_and_parse_value():

@@ -64,3 +64,30 @@ def test_backend_variants_are_evaluated_on_the_same_embeddings(tmp_path):
         assert both["backends"][name]["official"] == direct["official"], name
         assert both["backends"][name]["paper"] == direct["paper"], name
     assert "backends" not in alone
+
+
+def test_dumped_embeddings_give_the_same_figures(tmp_path):
+    """steps --dump-embeddings + the backends study: a dump reloads (no pickle) into the same
+    clips and embeddings, and evaluating a backend on it equals evaluate_model's figures."""
+    import argparse
+
+    from fastasd.data.synth import generate
+    from tiny import TINY
+
+    generate(tmp_path / "data", seed=4, **TINY)
+    cfg = tiny_config()
+    data = (studies.load_split(tmp_path / "data", "train", cfg), studies.load_split(tmp_path / "data", "test", cfg))
+    torch.manual_seed(1)
+    model = EmbeddingNet(cfg).eval()
+    variants = {"ld": {"score_normalization": "local_density", "references": "clips"}}
+    direct = studies.evaluate_model(model, cfg, data, variants, dump=tmp_path / "emb" / "m_step1.npz")
+    config, train_clips, tr, test_clips, te = studies.load_dump(tmp_path / "emb" / "m_step1.npz")
+    assert config == cfg and len(tr) == len(data[0][0]) and len(te) == len(data[1][0])
+    assert [c.file_name for c in test_clips] == [c.file_name for c in data[1][0]]
+    args = argparse.Namespace(embeddings=[str(tmp_path / "emb")], data=None, note="dumped by a test",
+                              backend_variant=["ld:score_normalization=local_density,references=clips"])
+    out = studies.run_backends(args)
+    res = out["dumps"]["m_step1.npz"]["results"]
+    assert res["as dumped"]["official"] == direct["official"]
+    assert res["ld"]["official"] == direct["backends"]["ld"]["official"]
+    assert "| ld |" in out["markdown"] and "dumped by a test" in out["markdown"]

@@ -7,7 +7,15 @@
 // reference row NaN for every query of its group (the maxima below let NaN win).
 //
 // (a positive scale of q_i commutes with the max, so each query is normalized once, after the
-// max). The references of each group are normalized once and stored transposed, [D, Rp], with
+// max). With a per-reference scale s_j and shift t_j,
+//
+//   out[i] = min_{j in group(i)} s_j * (1 - <q_i, r_j / max(|r_j|, eps)> / max(|q_i|, eps)) + t_j
+//
+// no longer commutes with the normalization: each register tile first computes its queries'
+// inverse norms, and each lane turns its dot product into s_j * (1 - dot * inv) + t_j before the
+// lane-wise minimum (the scaled path; s and t padded per group like the references). Both paths
+// fold NaN-first (a NaN lane wins every comparison), so NaN in a query, a reference, a scale or a
+// shift reaches the result. The references of each group are normalized once and stored transposed, [D, Rp], with
 // Rp = R rounded up to 64 bytes and zero padding. A register tile of Q queries of one group
 // broadcasts q[a][d] and FMAs it against reference row d, so each query's accumulators hold its
 // dot products with a chunk of references in lanes: no per-pair horizontal sum, one lane max
@@ -54,13 +62,16 @@ struct Vec {  // VB bytes of T, and of same-size integers (GCC/Clang vector exte
 };
 
 // Dot products of the Q queries q[a] (rows of D) with NV vectors of reference lanes starting
-// at rt (lane 0 of the chunk in a [D, Rp] block); lanes >= valid are padding. Folds the
-// lane-wise maxima into run[a]. Unless pf is null, prefetches the rows pf[0..Q) meanwhile, one
-// cache line per row and line of q (all at once would stall on the line fill buffers).
-template <typename T, int VB, int Q, int NV>
-FASTASD_ALWAYS_INLINE void chunk_max(const T* const* q, const T* const* pf, const T* rt,
-                                     int64_t Rp, int64_t D, int64_t valid,
-                                     typename Vec<T, VB>::type* run) {
+// at rt (lane 0 of the chunk in a [D, Rp] block); lanes >= valid are padding. Plain path: folds
+// the lane-wise maxima of the dot products into run[a]. Scaled path: folds the lane-wise minima
+// of sc * (1 - dot * inv[a]) + sh (sc, sh: the chunk's scales and shifts) into run[a]. Unless pf
+// is null, prefetches the rows pf[0..Q) meanwhile, one cache line per row and line of q (all at
+// once would stall on the line fill buffers).
+template <typename T, int VB, int Q, int NV, bool kScaled>
+FASTASD_ALWAYS_INLINE void chunk_fold(const T* const* q, const T* const* pf, const T* rt,
+                                      int64_t Rp, int64_t D, int64_t valid,
+                                      typename Vec<T, VB>::type* run, const T* sc, const T* sh,
+                                      const T* inv) {
   using V = typename Vec<T, VB>::type;
   using VI = typename Vec<T, VB>::itype;
   using I = typename Vec<T, VB>::I;
@@ -82,20 +93,39 @@ FASTASD_ALWAYS_INLINE void chunk_max(const T* const* q, const T* const* pf, cons
       }
     }
   }
-  // Padding lanes hold 0 (or NaN for a non-finite query), never a valid maximum: -inf them.
-  const V ninf = V{} - std::numeric_limits<T>::infinity();
+  if constexpr (kScaled) {
+    for (int v = 0; v < NV; ++v) {
+      V s, t;
+      std::memcpy(&s, sc + v * VL, sizeof(V));
+      std::memcpy(&t, sh + v * VL, sizeof(V));
+      for (int a = 0; a < Q; ++a) acc[a][v] = s * (T(1) - acc[a][v] * inv[a]) + t;
+    }
+  }
+  // Padding lanes hold 0 (or NaN for a non-finite query), never a valid extremum: -inf them
+  // (+inf on the scaled path, which takes the minimum).
+  const V pad = V{} + (kScaled ? 1 : -1) * std::numeric_limits<T>::infinity();
   VI lane;
   for (int l = 0; l < VL; ++l) lane[l] = l;
   for (int v = 0; v < NV; ++v) {
     if (valid - v * VL < VL) {
       const VI keep = lane < (VI{} + static_cast<I>(valid - v * VL));
-      for (int a = 0; a < Q; ++a) acc[a][v] = keep ? acc[a][v] : ninf;
+      for (int a = 0; a < Q; ++a) acc[a][v] = keep ? acc[a][v] : pad;
     }
   }
-  // NaN-propagating lane max (NaN contract: a NaN reference row makes its group's results NaN).
+  // NaN-first: a NaN lane replaces run, and a NaN in run is never replaced.
   for (int a = 0; a < Q; ++a)
-    for (int v = 0; v < NV; ++v) run[a] = (run[a] > acc[a][v]) | (run[a] != run[a]) ? run[a] : acc[a][v];
+    for (int v = 0; v < NV; ++v) {
+      const V x = acc[a][v];
+      const VI take = ((kScaled ? x < run[a] : x > run[a]) | (x != x));
+      run[a] = take ? x : run[a];
+    }
 }
+
+// NaN-first max / min of two scalars (as the vector fold above).
+template <typename T>
+FASTASD_ALWAYS_INLINE T nan_max(T m, T x) { return (x > m || x != x) ? x : m; }
+template <typename T>
+FASTASD_ALWAYS_INLINE T nan_min(T m, T x) { return (x < m || x != x) ? x : m; }
 
 template <typename T, int VB>
 FASTASD_ALWAYS_INLINE T squared_norm(const T* x, int64_t D) {
@@ -115,30 +145,43 @@ FASTASD_ALWAYS_INLINE T squared_norm(const T* x, int64_t D) {
 }
 
 // The work of one task: queries rows[0..n) (all of one group) against the group's transposed
-// references rt ([D, Rp], R valid lanes). Writes each query's max dot product into best[] and
-// its squared norm into sq[]. Q queries per register tile (a partial tile repeats its last
-// query), NV vectors of reference lanes per chunk. rows[n..n+Q) must be readable pointers (the
-// rows that follow, to prefetch).
-template <typename T, int VB, int Q, int NV>
-FASTASD_ALWAYS_INLINE void tile_max_dot(const T* const* rows, int n, const T* rt, int64_t R,
-                                        int64_t Rp, int64_t D, T* best, T* sq) {
+// references rt ([D, Rp], R valid lanes). Plain path: writes each query's max dot product into
+// best[] and its squared norm into sq[]. Scaled path (sp, tp: the group's scales and shifts,
+// padded to Rp): writes each query's distance min_j sp[j] * (1 - cos) + tp[j] into best[].
+// Q queries per register tile (a partial tile repeats its last query), NV vectors of reference
+// lanes per chunk. rows[n..n+Q) must be readable pointers (the rows that follow, to prefetch).
+template <typename T, int VB, int Q, int NV, bool kScaled>
+FASTASD_ALWAYS_INLINE void tile_fold(const T* const* rows, int n, const T* rt, int64_t R,
+                                     int64_t Rp, int64_t D, T* best, T* sq, const T* sp,
+                                     const T* tp) {
   using V = typename Vec<T, VB>::type;
   constexpr int VL = Vec<T, VB>::kLanes;
+  constexpr T kStart = (kScaled ? 1 : -1) * std::numeric_limits<T>::infinity();
   for (int a0 = 0; a0 < n; a0 += Q) {
     const T* q[Q];
     for (int a = 0; a < Q; ++a) q[a] = rows[std::min(a0 + a, n - 1)];
+    T inv[Q];
+    if constexpr (kScaled) {
+      for (int a = 0; a < Q; ++a) {
+        const double norm = std::sqrt(double(squared_norm<T, VB>(q[a], D)));
+        inv[a] = static_cast<T>(1.0 / std::max(norm, kNormEps));  // NaN stays NaN
+      }
+    }
     V run[Q];
-    for (int a = 0; a < Q; ++a) run[a] = V{} - std::numeric_limits<T>::infinity();
+    for (int a = 0; a < Q; ++a) run[a] = V{} + kStart;
     const T* const* pf = rows + a0 + Q;  // the next register tile's rows, for the first chunk
     int64_t c = 0;
     for (; c + NV * VL <= Rp; c += NV * VL, pf = nullptr)
-      chunk_max<T, VB, Q, NV>(q, pf, rt + c, Rp, D, R - c, run);
-    for (; c < Rp; c += VL, pf = nullptr) chunk_max<T, VB, Q, 1>(q, pf, rt + c, Rp, D, R - c, run);
+      chunk_fold<T, VB, Q, NV, kScaled>(q, pf, rt + c, Rp, D, R - c, run, kScaled ? sp + c : sp,
+                                        kScaled ? tp + c : tp, inv);
+    for (; c < Rp; c += VL, pf = nullptr)
+      chunk_fold<T, VB, Q, 1, kScaled>(q, pf, rt + c, Rp, D, R - c, run, kScaled ? sp + c : sp,
+                                       kScaled ? tp + c : tp, inv);
     for (int a = 0; a < Q && a0 + a < n; ++a) {
       T m = run[a][0];
-      for (int l = 1; l < VL; ++l) m = (m > run[a][l] || m != m) ? m : run[a][l];  // (NaN wins)
+      for (int l = 1; l < VL; ++l) m = kScaled ? nan_min(m, run[a][l]) : nan_max(m, run[a][l]);
       best[a0 + a] = m;
-      sq[a0 + a] = squared_norm<T, VB>(q[a], D);
+      if constexpr (!kScaled) sq[a0 + a] = squared_norm<T, VB>(q[a], D);
     }
   }
 }
@@ -166,9 +209,13 @@ FASTASD_ALWAYS_INLINE void transpose_refs(const T* rg, int64_t R, int64_t Rp, in
 // accumulators), AVX2 (16 ymm: 6 x 2), SSE2 (16 xmm: 2 x 4).
 #define FASTASD_ISA_VERSION(isa, T, VB, Q, NV)                                                   \
   FASTASD_TARGET(isa)                                                                           \
-  void tile_max_dot_isa(const T* const* rows, int n, const T* rt, int64_t R, int64_t Rp,         \
-                        int64_t D, T* best, T* sq) {                                            \
-    tile_max_dot<T, VB, Q, NV>(rows, n, rt, R, Rp, D, best, sq);                                \
+  void tile_fold_isa(const T* const* rows, int n, const T* rt, int64_t R, int64_t Rp,            \
+                     int64_t D, T* best, T* sq, const T* sp, const T* tp) {                     \
+    if (sp == nullptr) {                                                                        \
+      tile_fold<T, VB, Q, NV, false>(rows, n, rt, R, Rp, D, best, sq, sp, tp);                  \
+    } else {                                                                                    \
+      tile_fold<T, VB, Q, NV, true>(rows, n, rt, R, Rp, D, best, sq, sp, tp);                   \
+    }                                                                                           \
   }                                                                                             \
   FASTASD_TARGET(isa)                                                                           \
   void transpose_refs_isa(const T* rg, int64_t R, int64_t Rp, int64_t D, T* dst) {              \
@@ -183,10 +230,11 @@ FASTASD_ISA_VERSION("arch=x86-64-v4", float, 64, 12, 2)
 FASTASD_ISA_VERSION("arch=x86-64-v4", double, 64, 12, 2)
 #endif
 
+// scale / shift: [M] or undefined (the plain path when both are undefined).
 template <typename T>
 void min_cosine_distance_typed(const at::Tensor& queries, const at::Tensor& refs,
                                const int64_t* group, const std::vector<int64_t>& offsets,
-                               at::Tensor& out) {
+                               const at::Tensor& scale, const at::Tensor& shift, at::Tensor& out) {
   const int64_t N = queries.size(0), D = queries.size(1);
   const int64_t G = static_cast<int64_t>(offsets.size()) - 1;
   const T* q = queries.const_data_ptr<T>();
@@ -223,6 +271,30 @@ void min_cosine_distance_typed(const at::Tensor& queries, const at::Tensor& refs
         transpose_refs_isa(r + offsets[g] * D, offsets[g + 1] - offsets[g], rp[g], D, rt + roff[g]);
   });
 
+  // Scaled path: each group's scales and shifts, padded to Rp lanes (scale 1 and shift 0 where
+  // a tensor is missing), at soff[g] (scales) and soff[g] + rp[g] (shifts).
+  const bool scaled = scale.defined() || shift.defined();
+  std::vector<int64_t> soff(G + 1, 0);
+  at::Tensor st_buf;
+  T* st = nullptr;
+  if (scaled) {
+    for (int64_t g = 0; g < G; ++g) soff[g + 1] = soff[g] + (start[g + 1] > start[g] ? 2 * rp[g] : 0);
+    st_buf = at::empty({soff[G]}, queries.options());
+    st = st_buf.mutable_data_ptr<T>();
+    const T* sc = scale.defined() ? scale.const_data_ptr<T>() : nullptr;
+    const T* sh = shift.defined() ? shift.const_data_ptr<T>() : nullptr;
+    for (int64_t g = 0; g < G; ++g) {
+      if (start[g + 1] == start[g]) continue;
+      T* sp = st + soff[g];
+      T* tp = sp + rp[g];
+      const int64_t R = offsets[g + 1] - offsets[g];
+      for (int64_t j = 0; j < rp[g]; ++j) {
+        sp[j] = j < R ? (sc ? sc[offsets[g] + j] : T(1)) : T(0);
+        tp[j] = j < R ? (sh ? sh[offsets[g] + j] : T(0)) : T(0);
+      }
+    }
+  }
+
   at::parallel_for(0, n_tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t ti = begin; ti < end; ++ti) {
       const int64_t p0 = tiles[ti];
@@ -235,7 +307,13 @@ void min_cosine_distance_typed(const at::Tensor& queries, const at::Tensor& refs
       for (int a = 0; a < count + kMaxQ; ++a)
         rows[a] = q + order[std::min<int64_t>(p0 + a, p_end - 1)] * D;
       T best[kTile], sq[kTile];
-      tile_max_dot_isa(rows, count, rt + roff[g], offsets[g + 1] - offsets[g], rp[g], D, best, sq);
+      const T* sp = scaled ? st + soff[g] : nullptr;
+      tile_fold_isa(rows, count, rt + roff[g], offsets[g + 1] - offsets[g], rp[g], D, best, sq, sp,
+                    scaled ? sp + rp[g] : nullptr);
+      if (scaled) {
+        for (int a = 0; a < count; ++a) y[order[p0 + a]] = best[a];
+        continue;
+      }
       for (int a = 0; a < count; ++a) {
         const double norm = std::max(std::sqrt(double(sq[a])), kNormEps);
         y[order[p0 + a]] = static_cast<T>(1.0 - double(best[a]) / norm);
@@ -247,8 +325,14 @@ void min_cosine_distance_typed(const at::Tensor& queries, const at::Tensor& refs
 }  // namespace
 
 at::Tensor min_cosine_distance_cpu(const at::Tensor& queries, const at::Tensor& refs,
-                                   const at::Tensor& query_group, const at::Tensor& ref_offsets) {
+                                   const at::Tensor& query_group, const at::Tensor& ref_offsets,
+                                   const std::optional<at::Tensor>& ref_scale,
+                                   const std::optional<at::Tensor>& ref_shift) {
   check_min_cosine_distance_args(queries, refs, query_group, ref_offsets);
+  check_min_cosine_distance_per_ref(refs, ref_scale, "ref_scale");
+  check_min_cosine_distance_per_ref(refs, ref_shift, "ref_shift");
+  const at::Tensor scale = ref_scale.has_value() ? *ref_scale : at::Tensor();
+  const at::Tensor shift = ref_shift.has_value() ? *ref_shift : at::Tensor();
   const int64_t N = queries.size(0), M = refs.size(0);
   const int64_t* off = ref_offsets.const_data_ptr<int64_t>();
   const int64_t G = ref_offsets.size(0) - 1;
@@ -258,9 +342,9 @@ at::Tensor min_cosine_distance_cpu(const at::Tensor& queries, const at::Tensor& 
   at::Tensor out = at::empty({N}, queries.options());
   if (N == 0) return out;
   if (queries.scalar_type() == at::kFloat) {
-    min_cosine_distance_typed<float>(queries, refs, group, offsets, out);
+    min_cosine_distance_typed<float>(queries, refs, group, offsets, scale, shift, out);
   } else {
-    min_cosine_distance_typed<double>(queries, refs, group, offsets, out);
+    min_cosine_distance_typed<double>(queries, refs, group, offsets, scale, shift, out);
   }
   return out;
 }

@@ -9,6 +9,8 @@
 // threads share a query (each takes every 4th 16-byte vector of the row, so a warp reads 8 rows
 // x 64 contiguous bytes per load), keep one accumulator per staged reference in registers, and
 // combine their partial dot products with two xor-shuffles; the max over references follows.
+// With a per-reference scale s_j / shift t_j (either may be missing: 1 / 0), each dot product
+// becomes s_j * (1 - dot / |q|) + t_j and the minimum (NaN-first) is taken instead.
 //
 // Value checks (ref_offsets bounds/monotonicity, query_group range) run inside the kernel: bad
 // entries give NaN and set bits in a per-device error word. The host never waits for it: each
@@ -68,6 +70,8 @@ struct MinCosParams {
   const void* refs;        // [M, D]
   const int64_t* group;    // [N]
   const int64_t* offsets;  // [G+1]
+  const void* scale;       // [M] or null (ones)
+  const void* shift;       // [M] or null (zeros)
   void* out;               // [N]
   int* err;                // error flags
   int64_t N, M;
@@ -91,6 +95,9 @@ __global__ void __launch_bounds__(kThreads) min_cosine_distance_kernel(const Min
   const T* Q = static_cast<const T*>(p.queries);
   T* out = static_cast<T*>(p.out);
   const T nan = std::numeric_limits<T>::quiet_NaN();
+  const T* SC = static_cast<const T*>(p.scale);
+  const T* SH = static_cast<const T*>(p.shift);
+  const bool scaled = SC != nullptr || SH != nullptr;
 
   const int64_t r0 = p.offsets[g], r1 = p.offsets[g + 1];
   int bad = 0;
@@ -177,20 +184,36 @@ __global__ void __launch_bounds__(kThreads) min_cosine_distance_kernel(const Min
               }
             }
           }
-          T m = -std::numeric_limits<T>::infinity();
+          sq += __shfl_xor_sync(quad, sq, 1);
+          sq += __shfl_xor_sync(quad, sq, 2);
+          // scaled: min_j s_j * (1 - dot / |q|) + t_j, NaN-first (a NaN wins every comparison)
+          T inv = T(0);
+          if (scaled) {
+            const T nrm = sqrt(sq);
+            inv = T(1) / ((nrm > T(1e-12) || nrm != nrm) ? nrm : T(1e-12));
+          }
+          const int64_t jr = r0 + int64_t(ch) * p.rc;
+          T m = (scaled ? 1 : -1) * std::numeric_limits<T>::infinity();
 #pragma unroll
           for (int j = 0; j < kRC; ++j) {
             if (j < rc) {
               T a = acc[j];
               a += __shfl_xor_sync(quad, a, 1);
               a += __shfl_xor_sync(quad, a, 2);
-              m = nan_max(m, a);
+              if (scaled) {
+                const T v = (SC ? SC[jr + j] : T(1)) * (T(1) - a * inv) + (SH ? SH[jr + j] : T(0));
+                m = nan_min(m, v);
+              } else {
+                m = nan_max(m, a);
+              }
             }
           }
-          sq += __shfl_xor_sync(quad, sq, 1);
-          sq += __shfl_xor_sync(quad, sq, 2);
           if (u == 0) {
-            best_s[e] = (ch == 0) ? m : nan_max(best_s[e], m);
+            if (ch == 0) {
+              best_s[e] = m;
+            } else {
+              best_s[e] = scaled ? nan_min(best_s[e], m) : nan_max(best_s[e], m);
+            }
             sq_s[e] = sq;
           }
         }
@@ -199,8 +222,12 @@ __global__ void __launch_bounds__(kThreads) min_cosine_distance_kernel(const Min
     __syncthreads();
     // 3. Distances of this round's queries.
     for (int e = threadIdx.x; e < count; e += blockDim.x) {
-      const T norm = nan_max(sqrt(sq_s[e]), T(1e-12));
-      out[base + list_s[e]] = T(1) - best_s[e] / norm;
+      if (scaled) {
+        out[base + list_s[e]] = best_s[e];
+      } else {
+        const T norm = nan_max(sqrt(sq_s[e]), T(1e-12));
+        out[base + list_s[e]] = T(1) - best_s[e] / norm;
+      }
     }
     __syncthreads();  // list_s/best_s are reused by the next round
   }
@@ -322,8 +349,12 @@ void launch(const MinCosParams& p, const MinCosGeometry& geo, cudaStream_t strea
 }  // namespace
 
 at::Tensor min_cosine_distance_cuda(const at::Tensor& queries, const at::Tensor& refs,
-                                    const at::Tensor& query_group, const at::Tensor& ref_offsets) {
+                                    const at::Tensor& query_group, const at::Tensor& ref_offsets,
+                                    const std::optional<at::Tensor>& ref_scale,
+                                    const std::optional<at::Tensor>& ref_shift) {
   check_min_cosine_distance_args(queries, refs, query_group, ref_offsets);
+  check_min_cosine_distance_per_ref(refs, ref_scale, "ref_scale");
+  check_min_cosine_distance_per_ref(refs, ref_shift, "ref_shift");
   const c10::cuda::CUDAGuard guard(queries.device());
   const int64_t N = queries.size(0), D = queries.size(1), M = refs.size(0);
   const int64_t G = ref_offsets.size(0) - 1;
@@ -357,6 +388,8 @@ at::Tensor min_cosine_distance_cuda(const at::Tensor& queries, const at::Tensor&
   p.refs = refs.const_data_ptr();
   p.group = query_group.const_data_ptr<int64_t>();
   p.offsets = ref_offsets.const_data_ptr<int64_t>();
+  p.scale = ref_scale.has_value() ? ref_scale->const_data_ptr() : nullptr;
+  p.shift = ref_shift.has_value() ? ref_shift->const_data_ptr() : nullptr;
   p.out = out.mutable_data_ptr();
   p.err = st.flags_dev;
   p.N = N;

@@ -145,7 +145,7 @@ _MSG = ctypes.c_char_p
 def load() -> ctypes.CDLL:
     """Build (if needed) and load the library, with the C signatures declared."""
     lib = ctypes.CDLL(str(build()))
-    lib.fastasd_emu_min_cosine_distance.argtypes = [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT, _DEV,
+    lib.fastasd_emu_min_cosine_distance.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT, _DEV,
                                                     ctypes.POINTER(_INT), _MSG, _INT]
     lib.fastasd_emu_stft_magnitude.argtypes = [_P, _P, _I64, _I64, _I64, _I64, _INT, _INT, _DEV, _MSG, _INT]
     lib.fastasd_emu_subcluster_adacos.argtypes = [_P, _P, _P, ctypes.c_double, _I64, _I64, _I64, _I64, _INT, _INT,
@@ -185,15 +185,17 @@ class Kernels:
     def __init__(self, lib: ctypes.CDLL):
         self.lib = lib
 
-    def min_cosine_distance(self, queries, refs, query_group, ref_offsets, device: EmuDevice = H100):
+    def min_cosine_distance(self, queries, refs, query_group, ref_offsets, ref_scale=None, ref_shift=None,
+                            device: EmuDevice = H100):
         """-> (out [N], error flags of the kernel's value checks, launch description)."""
         N, D = queries.shape
+        per_ref = [None if t is None else _check_tensor(t, queries.dtype) for t in (ref_scale, ref_shift)]
         G = ref_offsets.shape[0] - 1
         out = _nan_like((N,), queries.dtype)
         flags = _INT(0)
         info = _call(self.lib.fastasd_emu_min_cosine_distance, _check_tensor(queries), _check_tensor(refs, queries.dtype),
                      _check_tensor(query_group, torch.int64), _check_tensor(ref_offsets, torch.int64),
-                     out.data_ptr(), N, refs.shape[0], D, G, int(queries.dtype == torch.float64),
+                     *per_ref, out.data_ptr(), N, refs.shape[0], D, G, int(queries.dtype == torch.float64),
                      ctypes.byref(device), ctypes.byref(flags))
         return out, flags.value, info
 

@@ -37,12 +37,14 @@ def _case(N, D, sizes, seed=0):
 
 
 def _reference(args):
-    return reference.min_cosine_distance(args["queries"], args["refs"], args["query_group"], args["ref_offsets"])
+    return reference.min_cosine_distance(args["queries"], args["refs"], args["query_group"], args["ref_offsets"],
+                                         args.get("ref_scale"), args.get("ref_shift"))
 
 
 def _emulated(kernels, args, dtype, device=simt.H100):
+    per_ref = [None if args.get(k) is None else args[k].to(dtype) for k in ("ref_scale", "ref_shift")]
     return kernels.min_cosine_distance(args["queries"].to(dtype), args["refs"].to(dtype), args["query_group"],
-                                       args["ref_offsets"], device=device)
+                                       args["ref_offsets"], *per_ref, device=device)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -53,6 +55,34 @@ def test_matches_reference(N, D, sizes, dtype, kernels, check_close):
     assert flags == 0, info
     check_close(out, _reference(args), atol=TOL[dtype] * (10 if D > 1024 else 1),
                 what=f"emulated min_cosine_distance N={N} D={D} G={len(sizes)} {dtype} [{info}]")
+
+
+@pytest.mark.parametrize("which", ["both", "scale", "shift"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("N,D,sizes", CASES)
+def test_scaled_matches_reference(N, D, sizes, dtype, which, kernels, check_close):
+    """The scaled path (per-reference ref_scale / ref_shift of the local-density backend), with the
+    CPU tests' scaled tolerance."""
+    args = _case(N, D, sizes)
+    sc, sh = cpu_tests.make_scale_shift(args["refs"].shape[0])
+    args["ref_scale"] = sc if which in ("both", "scale") else None
+    args["ref_shift"] = sh if which in ("both", "shift") else None
+    out, flags, info = _emulated(kernels, args, dtype)
+    assert flags == 0, info
+    tol = cpu_tests.scaled_tol(dtype, args["ref_scale"], args["ref_shift"]) * (10 if D > 1024 else 1)
+    check_close(out, _reference(args), atol=tol,
+                what=f"emulated scaled ({which}) min_cosine_distance N={N} D={D} G={len(sizes)} {dtype} [{info}]")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_scaled_nan_propagates(dtype, kernels):
+    """NaN in a query, a reference, a scale or a shift reaches the scaled path's result."""
+    for what, (q, r, g, off, sc, sh), expect in cpu_tests.nan_cases(scaled=True):
+        args = dict(queries=q, refs=r, query_group=g, ref_offsets=off, ref_scale=sc, ref_shift=sh)
+        out, flags, _ = _emulated(kernels, args, dtype)
+        assert flags == 0
+        assert torch.equal(out.isnan(), expect), f"emulated {dtype}, NaN in {what}"
+        assert torch.isfinite(out[~expect]).all()
 
 
 def test_paths_are_covered(kernels):

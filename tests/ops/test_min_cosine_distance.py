@@ -2,7 +2,9 @@
 
 Tolerances (absolute; distances lie in [0, 2]): float64 kernels 1e-12; float32 kernels 1e-5
 (float32 dot products of length D <= 256 carry ~sqrt(D) * 6e-8 ~ 1e-6 relative error, and
-PyTorch's own float32 computation is off by the same order).
+PyTorch's own float32 computation is off by the same order). With a per-reference scale and
+shift (``ref_scale``, ``ref_shift``) the tolerance is multiplied by ``1 + max|scale| + max|shift|``
+(the error of ``1 - cos`` is scaled, and the shift adds its rounding).
 """
 from __future__ import annotations
 
@@ -52,6 +54,101 @@ def test_cpu_matches_reference(N, D, sizes, dtype, check_close):
     check_close(out, ref, atol=TOL[dtype], what=f"min_cosine_distance N={N} D={D} G={len(sizes)} {dtype}")
 
 
+def make_scale_shift(M, dtype=torch.float64, device="cpu"):
+    """A positive scale in [0.25, 4.25) and a shift in [-1, 1) per reference."""
+    return (torch.rand(M, dtype=dtype, device=device) * 4 + 0.25,
+            torch.rand(M, dtype=dtype, device=device) * 2 - 1)
+
+
+def scaled_tol(dtype, scale, shift):
+    bound = 1.0 + (scale.abs().max().item() if scale is not None and scale.numel() else 0.0) + (
+        shift.abs().max().item() if shift is not None and shift.numel() else 0.0)
+    return TOL[dtype] * bound
+
+
+@pytest.mark.parametrize("which", ["both", "scale", "shift"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("N,D,sizes", SHAPES)
+def test_cpu_scaled_matches_reference(N, D, sizes, dtype, which, check_close):
+    q, r, g, off = make(N, D, sizes)
+    sc, sh = make_scale_shift(r.shape[0])
+    sc = sc if which in ("both", "scale") else None
+    sh = sh if which in ("both", "shift") else None
+    ref = reference.min_cosine_distance(q, r, g, off, sc, sh)
+    out = op(q.to(dtype), r.to(dtype), g, off, None if sc is None else sc.to(dtype),
+             None if sh is None else sh.to(dtype))
+    assert out.dtype == dtype and out.shape == (N,)
+    check_close(out, ref, atol=scaled_tol(dtype, sc, sh),
+                what=f"scaled ({which}) min_cosine_distance N={N} D={D} G={len(sizes)} {dtype}")
+
+
+def test_reference_scaled_is_the_formula():
+    # the float64 reference against the formula spelled out with the full matrix (small sizes)
+    q, r, g, off = make(30, 7, [4, 1, 6])
+    sc, sh = make_scale_shift(r.shape[0])
+    cos = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(r, dim=1).T
+    full = sc * (1 - cos) + sh
+    owner = torch.repeat_interleave(torch.arange(3), off.diff())
+    expected = torch.where(owner[None, :] == g[:, None], full, torch.inf).min(dim=1).values
+    torch.testing.assert_close(reference.min_cosine_distance(q, r, g, off, sc, sh), expected,
+                               rtol=0, atol=1e-14)
+    # ones and zeros give the plain distance; the plain call is exactly 1 - max cos
+    torch.testing.assert_close(reference.min_cosine_distance(q, r, g, off, torch.ones(11, dtype=q.dtype),
+                                                             torch.zeros(11, dtype=q.dtype)),
+                               reference.min_cosine_distance(q, r, g, off), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_scale_one_shift_zero_equals_plain(dtype):
+    q, r, g, off = make(300, 64, [16, 10, 26, 1], dtype=dtype)
+    ones, zeros = torch.ones(r.shape[0], dtype=dtype), torch.zeros(r.shape[0], dtype=dtype)
+    plain = op(q, r, g, off)
+    torch.testing.assert_close(op(q, r, g, off, ones, zeros), plain, rtol=0, atol=TOL[dtype])
+    # both None is the plain path itself (bit for bit), positionally and by keyword
+    torch.testing.assert_close(op(q, r, g, off, None, None), plain, rtol=0, atol=0)
+    torch.testing.assert_close(ops.min_cosine_distance(q, r, g, off, ref_scale=None, ref_shift=None),
+                               plain, rtol=0, atol=0)
+
+
+def nan_cases(scaled: bool):
+    """(name, args, expected NaN mask) for the NaN contract: NaN in a query row -> NaN for it; NaN
+    in a reference row, its scale or its shift -> NaN for every query of that group."""
+    cases = []
+    for what in ["query", "ref", "ref_inf"] + (["scale", "shift"] if scaled else []):
+        q, r, g, off = make(90, 24, [3, 40, 5])  # group 1 spans several SIMD chunks
+        sc, sh = make_scale_shift(r.shape[0]) if scaled else (None, None)
+        expect = torch.zeros(90, dtype=torch.bool)
+        if what == "query":
+            q[7, 3] = float("nan")
+            expect[7] = True
+        else:
+            j = int(off[1]) + 37  # late in group 1
+            if what == "ref":
+                r[j, 5] = float("nan")
+            elif what == "ref_inf":
+                r[j, 2] = float("inf")  # normalizes to NaN, as in torch.nn.functional.normalize
+            elif what == "scale":
+                sc[j] = float("nan")
+            else:
+                sh[j] = float("nan")
+            expect = g == 1
+        cases.append((what, (q, r, g, off, sc, sh), expect))
+    return cases
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["plain", "scaled"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_nan_propagates(scaled, dtype):
+    for what, (q, r, g, off, sc, sh), expect in nan_cases(scaled):
+        args = [q, r, g, off, sc, sh]
+        ref = reference.min_cosine_distance(*args)
+        conv = [t.to(dtype) if t is not None and t.is_floating_point() else t for t in args]
+        out = op(*conv)
+        assert torch.equal(ref.isnan(), expect), f"reference, NaN in {what}"
+        assert torch.equal(out.isnan(), expect), f"native {dtype}, NaN in {what}: {out.isnan().nonzero().flatten().tolist()}"
+        assert torch.isfinite(out[~expect]).all()
+
+
 def test_exact_match_and_zero_query():
     q, r, g, off = make(6, 32, [3, 3])
     q[0] = 3.0 * r[off[g[0]]]  # a scaled copy of one of its references: distance 0
@@ -93,11 +190,15 @@ def test_public_wrapper_dispatches_to_native():
 def test_opcheck():
     torch.library.opcheck(op, make(40, 24, [3, 5, 1], dtype=torch.float32))
     torch.library.opcheck(op, make(0, 8, [2], dtype=torch.float64))
+    q, r, g, off = make(40, 24, [3, 5, 1], dtype=torch.float32)
+    sc, sh = make_scale_shift(9, dtype=torch.float32)
+    torch.library.opcheck(op, (q, r, g, off, sc, sh))
+    torch.library.opcheck(op, (q, r, g, off, None, sh))
 
 
 def _args(**change):
     q, r, g, off = make(10, 8, [2, 3], dtype=torch.float32)
-    args = dict(queries=q, refs=r, query_group=g, ref_offsets=off)
+    args = dict(queries=q, refs=r, query_group=g, ref_offsets=off, ref_scale=None, ref_shift=None)
     args.update({k: v(args) for k, v in change.items()})
     return args
 
@@ -117,6 +218,11 @@ def _args(**change):
     (dict(ref_offsets=lambda a: torch.tensor([1, 2, 5])), "ref_offsets"),     # does not start at 0
     (dict(ref_offsets=lambda a: torch.tensor([0])), "ref_offsets"),           # no group
     (dict(ref_offsets=lambda a: torch.tensor([0, 2, 5]).int()), "ref_offsets"),
+    (dict(ref_scale=lambda a: torch.ones(4)), "ref_scale"),                   # not [M]
+    (dict(ref_scale=lambda a: torch.ones(5, 1)), "ref_scale"),                # not 1-D
+    (dict(ref_scale=lambda a: torch.ones(5, dtype=torch.float64)), "ref_scale"),  # not the refs' dtype
+    (dict(ref_shift=lambda a: torch.zeros(10)[::2]), "ref_shift"),            # not contiguous
+    (dict(ref_shift=lambda a: torch.zeros(6)), "ref_shift"),
 ])
 def test_bad_input_names_op_and_argument(change, argument):
     with pytest.raises(ValueError, match=rf"^fastasd::min_cosine_distance: {argument} "):
@@ -160,6 +266,31 @@ def test_cuda_matches_reference(N, D, sizes, dtype, cuda_device, check_close):
     assert out.device == cuda_device and out.dtype == dtype
     check_close(out, ref, atol=TOL[dtype] * (10 if D > 1024 else 1),
                 what=f"cuda min_cosine_distance N={N} D={D} G={len(sizes)} {dtype}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("N,D,sizes", CUDA_SHAPES)
+def test_cuda_scaled_matches_reference(N, D, sizes, dtype, cuda_device, check_close):
+    q, r, g, off = make(N, D, sizes)
+    sc, sh = make_scale_shift(r.shape[0])
+    ref = reference.min_cosine_distance(q, r, g, off, sc, sh)
+    dev = [t.to(cuda_device) for t in (g, off)]
+    out = op(q.to(cuda_device, dtype), r.to(cuda_device, dtype), *dev, sc.to(cuda_device, dtype),
+             sh.to(cuda_device, dtype))
+    check_close(out, ref, atol=scaled_tol(dtype, sc, sh) * (10 if D > 1024 else 1),
+                what=f"cuda scaled min_cosine_distance N={N} D={D} G={len(sizes)} {dtype}")
+    only = op(q.to(cuda_device, dtype), r.to(cuda_device, dtype), *dev, sc.to(cuda_device, dtype), None)
+    check_close(only, reference.min_cosine_distance(q, r, g, off, sc, None), atol=scaled_tol(dtype, sc, None),
+                what=f"cuda scale-only N={N} D={D}")
+
+
+@pytest.mark.cuda
+def test_cuda_scaled_nan_propagates(cuda_device):
+    # the scaled path's NaN contract (the plain path's is issue 12's, on the same kernel)
+    for what, args, expect in nan_cases(scaled=True):
+        out = op(*[t.to(cuda_device) for t in args]).cpu()
+        assert torch.equal(out.isnan(), expect), f"cuda, NaN in {what}"
 
 
 @pytest.mark.cuda

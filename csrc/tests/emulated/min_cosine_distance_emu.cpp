@@ -5,10 +5,12 @@
 
 using namespace fastasd;
 
-// queries [N, D], refs [M, D], group [N], offsets [G+1] -> out [N]; *flags gets the kernel's error
-// bits (kErrBounds 1, kErrEmpty 2, kErrGroup 4), OR-ed into what it holds.
+// queries [N, D], refs [M, D], group [N], offsets [G+1], scale / shift [M] or null -> out [N];
+// *flags gets the kernel's error bits (kErrBounds 1, kErrEmpty 2, kErrGroup 4), OR-ed into what it
+// holds.
 EMU_API int fastasd_emu_min_cosine_distance(const void* queries, const void* refs, const int64_t* group,
-                                            const int64_t* offsets, void* out, int64_t N, int64_t M, int64_t D,
+                                            const int64_t* offsets, const void* scale, const void* shift,
+                                            void* out, int64_t N, int64_t M, int64_t D,
                                             int64_t G, int is_double, const EmuDevice* dev, int* flags, char* msg,
                                             int len) {
   return emu_guard(msg, len, [&]() -> std::string {
@@ -23,6 +25,8 @@ EMU_API int fastasd_emu_min_cosine_distance(const void* queries, const void* ref
     p.refs = refs;
     p.group = group;
     p.offsets = offsets;
+    p.scale = scale;
+    p.shift = shift;
     p.out = out;
     p.err = flags;
     p.N = N;
