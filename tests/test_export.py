@@ -38,6 +38,12 @@ TOL = ex.VERIFY_RTOL
 BACKEND_CONFIGS = [
     pytest.param({"backend": "cosine"}, id="cosine"),
     pytest.param({"backend": "gmm", "gmm_components": 2}, id="gmm"),
+    # local-density normalization (issue 14): the balanced preset's ratio form on all clips, the
+    # difference form with GWRP on k-means + target references
+    pytest.param({"backend": "cosine", "score_normalization": "local_density", "references": "clips"},
+                 id="local-density-ratio"),
+    pytest.param({"backend": "cosine", "score_normalization": "local_density", "density_form": "difference",
+                  "density_pooling": "gwrp"}, id="local-density-difference-gwrp"),
 ]
 
 
