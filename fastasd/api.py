@@ -531,7 +531,7 @@ def train(data_root, out_dir: str | os.PathLike | None = None, config: Config | 
 
     cfg = _as_config(config, overrides)
     t0 = time.perf_counter()
-    ctx = distributed.setup(device, cfg)
+    ctx = distributed.setup(device, cfg, single=data_parallel)
     if ctx is None:
         if data_parallel:
             logger.warning("data_parallel=True outside torchrun (WORLD_SIZE unset or 1): training "

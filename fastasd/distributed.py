@@ -166,14 +166,18 @@ class DistContext:
             dist.destroy_process_group()
 
 
-def setup(device=None, config=None) -> DistContext | None:
+def setup(device=None, config=None, *, single: bool = False) -> DistContext | None:
     """Join the torchrun job this process belongs to; None when not launched by torchrun.
+
+    ``single``: also for a torchrun job of ONE process (``--nproc-per-node 1``), which is
+    otherwise trained as without torchrun; data-parallel training asks for it, so that its
+    NCCL, DDP and SyncBatchNorm path runs (and can be checked) on a machine with one GPU.
 
     ``device``/``config.device`` as in :func:`fastasd.train.resolve_device`, made per rank by
     :func:`pick_device`. The process group (NCCL for CUDA, gloo otherwise) is created with the
     ``FASTASD_DIST_TIMEOUT`` timeout unless the caller already created one (then it is used
     as is and left open)."""
-    if not launched():
+    if not (launched() or (single and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ)):
         return None
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])

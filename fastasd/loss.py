@@ -134,16 +134,7 @@ def global_updated_scale(cos: torch.Tensor, targets: torch.Tensor, scale: torch.
                         torch.tensor(float(B), dtype=torch.float64, device=cos.device)])
     dist.all_reduce(part)
     b_avg = (part[0] / part[1]).to(cos.dtype)
-    eps = torch.finfo(torch.float32).eps
-    theta = torch.acos(cos.clamp(-1.0 + eps, 1.0 - eps)).view(B, -1, n_subclusters)
-    t = targets.detach().to(cos.dtype)
-    if angle_mode == "sum":
-        n_mixed = (t != 0).sum(dim=1).to(cos.dtype)
-        theta_class = (t.unsqueeze(2) * theta).sum(dim=(1, 2)) * n_mixed
-    elif angle_mode == "nearest":
-        theta_class = (t * theta.min(dim=2).values).sum(dim=1) / t.sum(dim=1).clamp_min(eps)
-    else:
-        raise ValueError(f"global_updated_scale: unknown angle_mode {angle_mode!r}")
+    theta_class = reference.adacos_class_angles(cos, targets, n_subclusters, angle_mode)
     world = dist.get_world_size()
     sizes = [torch.zeros(1, dtype=torch.int64, device=cos.device) for _ in range(world)]
     dist.all_gather(sizes, torch.tensor([B], dtype=torch.int64, device=cos.device))

@@ -73,6 +73,23 @@ def adacos_cosines(embeddings: torch.Tensor, centers: torch.Tensor) -> torch.Ten
     return x @ w
 
 
+def adacos_class_angles(cos: torch.Tensor, targets: torch.Tensor, n_subclusters: int,
+                        angle_mode: str = "sum") -> torch.Tensor:
+    """The angle ``[B]`` of each row to its own class, as the scale update defines it (see
+    :func:`adacos_updated_scale` for the two ``angle_mode`` values); no gradient."""
+    with torch.no_grad():
+        B = cos.shape[0]
+        eps = torch.finfo(torch.float32).eps  # Keras K.epsilon()-style clip, float32 eps
+        theta = torch.acos(cos.detach().clamp(-1.0 + eps, 1.0 - eps)).view(B, -1, n_subclusters)  # [B,C,K]
+        t = targets.detach().to(cos.dtype)
+        if angle_mode == "sum":
+            n_mixed = (t != 0).sum(dim=1).to(cos.dtype)
+            return (t.unsqueeze(2) * theta).sum(dim=(1, 2)) * n_mixed
+        if angle_mode == "nearest":
+            return (t * theta.min(dim=2).values).sum(dim=1) / t.sum(dim=1).clamp_min(eps)
+        raise ValueError(f"fastasd::subcluster_adacos: unknown angle_mode {angle_mode!r}")
+
+
 def adacos_updated_scale(
     cos: torch.Tensor, targets: torch.Tensor, scale: float | torch.Tensor, n_subclusters: int,
     angle_mode: str = "sum",
@@ -91,21 +108,10 @@ def adacos_updated_scale(
     with torch.no_grad():
         cos = cos.detach()
         s = torch.as_tensor(scale, dtype=cos.dtype, device=cos.device)
-        B = cos.shape[0]
         logits = s * cos
         M = logits.max()
         b_avg = torch.exp(logits - M).sum(dim=1).mean()
-        eps = torch.finfo(torch.float32).eps  # Keras K.epsilon()-style clip, float32 eps
-        theta = torch.acos(cos.clamp(-1.0 + eps, 1.0 - eps)).view(B, -1, n_subclusters)  # [B,C,K]
-        t = targets.detach().to(cos.dtype)
-        if angle_mode == "sum":
-            n_mixed = (t != 0).sum(dim=1).to(cos.dtype)
-            theta_class = (t.unsqueeze(2) * theta).sum(dim=(1, 2)) * n_mixed
-        elif angle_mode == "nearest":
-            theta_class = (t * theta.min(dim=2).values).sum(dim=1) / t.sum(dim=1).clamp_min(eps)
-        else:
-            raise ValueError(f"fastasd::subcluster_adacos: unknown angle_mode {angle_mode!r}")
-        theta_med = theta_class.median()
+        theta_med = adacos_class_angles(cos, targets, n_subclusters, angle_mode).median()
         s_new = (M + torch.log(b_avg)) / torch.cos(torch.clamp(theta_med, max=math.pi / 4))
     return s_new
 

@@ -15,6 +15,11 @@ it. Together with the checkpointed model, loss (centers, scale) and optimizer st
 Checkpoints: after every epoch ``<out_dir>/checkpoints/member_<m>.pt`` is replaced atomically.
 It is a ``torch.save`` of plain containers of tensors, numbers and strings only and is read back
 with ``torch.load(..., weights_only=True)``: a checkpoint never unpickles arbitrary objects.
+
+Many processes (``torchrun``): :func:`fastasd.api.train` spreads the ensemble members over the
+processes (each member trained exactly as here) or, with ``data_parallel``, trains each member
+with ``DistributedDataParallel`` (``train_model(..., data_parallel=True)``); see
+:mod:`fastasd.distributed`. ``fastasd train --data-parallel`` selects the second mode.
 """
 from __future__ import annotations
 
