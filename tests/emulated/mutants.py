@@ -102,6 +102,8 @@ def run_one(name, op, old, new, timeout, tsan=False):
             if l.startswith("SUMMARY: ThreadSanitizer"):
                 why = l.strip()[:160]
                 break
+        if rc == -1:  # a timeout is no evidence either way
+            return False, "timeout", f"no result within {timeout:.0f} s", time.time() - t0
         return rc != 0, (failed[0] if failed else out.strip().splitlines()[-1] if out.strip() else ""), why, time.time() - t0
 
 
