@@ -29,7 +29,10 @@
 // A failed launch throws simt::LaunchError from simt::launch with the first failure's message.
 #pragma once
 
+#include <linux/futex.h>
 #include <math.h>  // the float overloads of sqrt, fmax, ... in the global namespace, as in CUDA
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -103,6 +106,17 @@ struct Abort {};  // unwinds a thread of a failed launch
 
 struct Launch;
 
+// Sleeping on a barrier's generation word: the futex system call itself, not
+// std::atomic::wait, whose shared waiter pool makes every wait an RMW on a few global counters
+// (ThreadSanitizer would see all threads synchronize there and miss races).
+inline void futex_wait(std::atomic<unsigned>* word, unsigned expected) {
+  syscall(SYS_futex, reinterpret_cast<unsigned*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+}
+inline void futex_wake_all(std::atomic<unsigned>* word) {
+  syscall(SYS_futex, reinterpret_cast<unsigned*>(word), FUTEX_WAKE_PRIVATE, std::numeric_limits<int>::max(),
+          nullptr, nullptr, 0);
+}
+
 // A barrier over `expected` threads with exact deadlock accounting: Launch::running counts the
 // threads not blocked in an incomplete wait; when it reaches 0 nobody can arrive any more.
 class Barrier {
@@ -119,7 +133,7 @@ class Barrier {
   void arrive_and_drop();
   void wake_for_abort() {
     gen_.fetch_add(1, std::memory_order_release);
-    gen_.notify_all();
+    futex_wake_all(&gen_);
   }
   const char* what() const { return what_; }
   unsigned mask() const { return mask_; }
@@ -137,8 +151,8 @@ class Barrier {
 
 struct Warp {
   std::mutex m;
-  std::map<unsigned, std::unique_ptr<Barrier>> groups;  // one barrier per shuffle mask
-  unsigned exited = 0;                                  // lanes that returned (guarded by m)
+  std::map<unsigned, std::unique_ptr<Barrier>> groups;  // one barrier per shuffle mask (under m)
+  std::atomic<unsigned> exited{0};                      // lanes that returned
 };
 
 struct Block {
@@ -179,6 +193,14 @@ struct Ctx {
   int rank = 0;   // block rank in the cluster
   int tid = 0;    // linear thread id in the block
   int worker = 0; // index into L->threads
+  // The shuffle barriers this thread used (looked up without the warp's mutex, which would
+  // order the lanes' memory accesses for ThreadSanitizer).
+  struct Group {
+    const void* warp;
+    unsigned mask;
+    Barrier* barrier;
+  } groups[8] = {};
+  int ngroups = 0;
 };
 inline thread_local Ctx ctx;
 
@@ -194,11 +216,11 @@ inline Barrier::~Barrier() {
 
 inline void Barrier::complete_locked() {
   arrived_ = 0;
-  L_->running.fetch_add(waiters_);
+  L_->running.fetch_add(waiters_, std::memory_order_relaxed);
   waiters_ = 0;
   L_->progress.fetch_add(1, std::memory_order_relaxed);
   gen_.fetch_add(1, std::memory_order_release);
-  gen_.notify_all();
+  futex_wake_all(&gen_);
 }
 
 inline uint64_t Barrier::arrive_and_wait(int lane, uint64_t value, int src) {
@@ -213,14 +235,16 @@ inline uint64_t Barrier::arrive_and_wait(int lane, uint64_t value, int src) {
     return slots_[g & 1][src];
   }
   ++waiters_;
-  me.waiting.store(what_);
-  me.waiting_mask.store(mask_);
-  const int still_running = L->running.fetch_sub(1) - 1;
+  me.waiting.store(what_, std::memory_order_relaxed);
+  me.waiting_mask.store(mask_, std::memory_order_relaxed);
+  // Relaxed: the bookkeeping must not order the threads' memory accesses, or ThreadSanitizer
+  // would see every barrier as a synchronization of all threads and miss races.
+  const int still_running = L->running.fetch_sub(1, std::memory_order_relaxed) - 1;
   lk.unlock();
   if (still_running == 0) L->fail("deadlock: every live thread waits at a barrier that cannot complete; " +
                                   L->waiting_summary());
-  while (gen_.load(std::memory_order_acquire) == g) gen_.wait(g, std::memory_order_acquire);
-  me.waiting.store(nullptr);
+  while (gen_.load(std::memory_order_acquire) == g) futex_wait(&gen_, g);
+  me.waiting.store(nullptr, std::memory_order_relaxed);
   if (L->failed.load()) throw Abort{};
   std::lock_guard<std::mutex> lk2(m_);  // slots_ were written under m_
   return slots_[g & 1][src];
@@ -247,10 +271,10 @@ inline void Launch::fail(const std::string& why) {
 inline std::string Launch::waiting_summary() {
   std::map<std::string, int> sites;
   for (const ThreadState& t : threads) {
-    const char* w = t.waiting.load();
+    const char* w = t.waiting.load(std::memory_order_relaxed);
     if (w == nullptr) continue;
     char buf[160];
-    const unsigned m = t.waiting_mask.load();
+    const unsigned m = t.waiting_mask.load(std::memory_order_relaxed);
     if (m != 0) {
       std::snprintf(buf, sizeof buf, "%s(mask=0x%08x)", w, m);
     } else {
@@ -345,10 +369,7 @@ void launch(const Config& cfg, Kernel kernel, const Args&... args) {
       b.sync->reset(L.nthreads);
       b.alive.store(L.nthreads);
       if (b.smem != nullptr) std::memset(b.smem, 0xFF, cfg.smem);
-      for (auto& w : b.warps) {
-        std::lock_guard<std::mutex> lk(w->m);
-        w->exited = 0;
-      }
+      for (auto& w : b.warps) w->exited.store(0, std::memory_order_relaxed);
     }
     L.cluster_sync->reset(L.nworkers);
   };
@@ -356,6 +377,7 @@ void launch(const Config& cfg, Kernel kernel, const Args&... args) {
   L.step->reset(L.nworkers);
 
   auto worker = [&](int index) {
+    ctx = Ctx{};
     ctx.L = &L;
     ctx.worker = index;
     ctx.rank = index / int(nt);
@@ -374,8 +396,7 @@ void launch(const Config& cfg, Kernel kernel, const Args&... args) {
         Block& b = my_block();
         {
           Warp& w = *b.warps[size_t(ctx.tid / 32)];
-          std::lock_guard<std::mutex> lk(w.m);
-          w.exited |= 1u << (ctx.tid % 32);
+          w.exited.fetch_or(1u << (ctx.tid % 32), std::memory_order_relaxed);
         }
         b.sync->arrive_and_drop();
         // A finished block's shared memory is gone: poison it for the blocks of its cluster
@@ -393,10 +414,10 @@ void launch(const Config& cfg, Kernel kernel, const Args&... args) {
     } catch (const std::exception& e) {
       L.fail(std::string("exception in a kernel thread: ") + e.what());
     }
-    if (L.running.fetch_sub(1) - 1 == 0 && !L.failed.load()) {
+    if (L.running.fetch_sub(1, std::memory_order_relaxed) - 1 == 0 && !L.failed.load()) {
       // Nobody is running: fine if all finished, a deadlock if some still wait.
       bool waiting = false;
-      for (const ThreadState& t : L.threads) waiting = waiting || t.waiting.load() != nullptr;
+      for (const ThreadState& t : L.threads) waiting = waiting || t.waiting.load(std::memory_order_relaxed) != nullptr;
       if (waiting) L.fail("deadlock: a thread waits for threads that have returned; " + L.waiting_summary());
     }
   };
@@ -475,9 +496,10 @@ T shuffle(unsigned mask, T v, int src, const char* what) {
     fail_here(buf);
   }
   Warp& w = *my_block().warps[size_t(ctx.tid / 32)];
-  Barrier* g;
-  unsigned gone;
-  {
+  Barrier* g = nullptr;
+  for (int i = 0; i < ctx.ngroups && g == nullptr; ++i)
+    if (ctx.groups[i].warp == &w && ctx.groups[i].mask == mask) g = ctx.groups[i].barrier;
+  if (g == nullptr) {
     std::lock_guard<std::mutex> lk(w.m);
     auto it = w.groups.find(mask);
     if (it == w.groups.end()) {
@@ -485,8 +507,9 @@ T shuffle(unsigned mask, T v, int src, const char* what) {
       it->second->reset(std::popcount(mask));
     }
     g = it->second.get();
-    gone = mask & w.exited;
+    if (ctx.ngroups < 8) ctx.groups[ctx.ngroups++] = {&w, mask, g};
   }
+  const unsigned gone = mask & w.exited.load(std::memory_order_relaxed);
   if (gone != 0) {
     char buf[128];
     std::snprintf(buf, sizeof buf, "%s: mask 0x%08x names lanes that have returned (0x%08x)", what, mask, gone);

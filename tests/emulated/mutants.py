@@ -84,7 +84,7 @@ def run_one(name, op, old, new, timeout, tsan=False):
             libtsan = subprocess.run(["g++", "-print-file-name=libtsan.so"], capture_output=True, text=True).stdout
             env.update(FASTASD_EMULATED_SANITIZE="thread", LD_PRELOAD=libtsan.strip(),
                        TSAN_OPTIONS="halt_on_error=1 exitcode=66")
-            extra = ["-k", TSAN_K]
+            extra = ["-k", TSAN_K, "--capture=sys"]  # (a report must not vanish into pytest's capture)
         t0 = time.time()
         try:
             r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *extra,
@@ -99,9 +99,11 @@ def run_one(name, op, old, new, timeout, tsan=False):
             if l.startswith("E ") and ("Error" in l or "assert" in l or "deadlock" in l or "mask" in l):
                 why = l[1:].strip()[:160]
                 break
-            if "WARNING: ThreadSanitizer" in l:
+            if l.startswith("SUMMARY: ThreadSanitizer"):
                 why = l.strip()[:160]
                 break
+        if rc == -1:  # a timeout is no evidence either way
+            return False, "timeout", f"no result within {timeout:.0f} s", time.time() - t0
         return rc != 0, (failed[0] if failed else out.strip().splitlines()[-1] if out.strip() else ""), why, time.time() - t0
 
 
