@@ -64,10 +64,16 @@ step bench_archive 60 "$PY" benchmarks/bench_archive.py --device cuda --workers 
 # 5. A 200-step training run of the paper's configuration (10-s clips, batch 64) on one GPU,
 #    then the ensemble / data-parallel scaling benchmark.
 DATA="$WORK/synth"
-step synth 60 "$PY" -m fastasd synth "$DATA" --clip-seconds 10 --train-source 58 --train-target 6 --test 8
-step train_200_steps 90 "$PY" -m fastasd train "$DATA" --out "$WORK/model" --epochs 25 --device cuda --no-progress
-step bench_distributed 60 "$PY" benchmarks/bench_distributed.py --device cuda --out-dir "$WORK"
+step synth 60 "$PY" -m fastasd synth "$DATA" --machine-types fan,pump --sections 2 --train-source 310 \
+  --train-target 10 --test 4 --clip-seconds 10
+# 1,280 clips at batch 64 = 20 steps per epoch x 10 epochs = 200 steps.
+step train_200_steps 90 "$PY" -m fastasd train "$DATA" --out "$WORK/model" --preset paper --no-progress
+# The same run through torchrun's data-parallel path (NCCL, DDP, SyncBatchNorm on one GPU).
+step train_ddp_1gpu 90 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m fastasd train "$DATA" \
+  --out "$WORK/model_ddp" --preset paper --no-progress --data-parallel
+step bench_distributed 60 "$PY" benchmarks/bench_distributed.py --device cuda --procs 1 --clip-seconds 10 \
+  --batch-size 64 --clips 2048 --steps 60 --tag gpu
 
-cp -f benchmarks/results/archive_cuda.* "$WORK/" 2>/dev/null || true
+cp -f benchmarks/results/archive_cuda.* benchmarks/results/distributed_gpu.* "$WORK/" 2>/dev/null || true
 echo "total: $(( $(date +%s) - T0 )) s" | tee -a "$OUT_DIR/summary.txt"
 tar -czf "$OUT_DIR/gpu_check.tar.gz" -C "$OUT_DIR" gpu_check summary.txt
