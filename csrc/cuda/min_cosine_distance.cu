@@ -189,8 +189,7 @@ __global__ void __launch_bounds__(kThreads) min_cosine_distance_kernel(const Min
           // scaled: min_j s_j * (1 - dot / |q|) + t_j, NaN-first (a NaN wins every comparison)
           T inv = T(0);
           if (scaled) {
-            const T nrm = sqrt(sq);
-            inv = T(1) / ((nrm > T(1e-12) || nrm != nrm) ? nrm : T(1e-12));
+            inv = T(1) / nan_max(sqrt(sq), T(1e-12));
           }
           const int64_t jr = r0 + int64_t(ch) * p.rc;
           T m = (scaled ? 1 : -1) * std::numeric_limits<T>::infinity();
