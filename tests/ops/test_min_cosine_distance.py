@@ -136,17 +136,31 @@ def nan_cases(scaled: bool):
     return cases
 
 
+def check_nan_contract(fn, scaled: bool, dtypes=(torch.float32, torch.float64), where="native"):
+    """The NaN contract of every implementation: the NaN mask is exactly :func:`nan_cases`' one
+    (on the reference too), and every other result is finite and matches the float64 reference
+    (the scaled tolerance when ``scaled``). ``fn(queries, refs, query_group, ref_offsets,
+    ref_scale, ref_shift)`` is the implementation under test (also used by tests/emulated and the
+    CUDA tests); it gets inputs converted to each of ``dtypes``."""
+    for what, args, expect in nan_cases(scaled):
+        ref = reference.min_cosine_distance(*args)
+        assert torch.equal(ref.isnan(), expect), f"reference, NaN in {what}"
+        # the scaled bound (over the finite scales / shifts), or 1
+        tol = scaled_tol(torch.float64, *[t if t is None else t.nan_to_num(0.0) for t in args[4:]]) / TOL[torch.float64]
+        for dtype in dtypes:
+            conv = [t.to(dtype) if t is not None and t.is_floating_point() else t for t in args]
+            out = fn(*conv).cpu()
+            assert torch.equal(out.isnan(), expect), \
+                f"{where} {dtype}, NaN in {what}: {out.isnan().nonzero().flatten().tolist()}"
+            assert torch.isfinite(out[~expect]).all(), f"{where} {dtype}, NaN in {what}"
+            torch.testing.assert_close(out[~expect].double(), ref[~expect], rtol=0, atol=TOL[dtype] * tol,
+                                       msg=lambda m: f"{where} {dtype}, NaN in {what}: {m}")
+
+
 @pytest.mark.parametrize("scaled", [False, True], ids=["plain", "scaled"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_nan_propagates(scaled, dtype):
-    for what, (q, r, g, off, sc, sh), expect in nan_cases(scaled):
-        args = [q, r, g, off, sc, sh]
-        ref = reference.min_cosine_distance(*args)
-        conv = [t.to(dtype) if t is not None and t.is_floating_point() else t for t in args]
-        out = op(*conv)
-        assert torch.equal(ref.isnan(), expect), f"reference, NaN in {what}"
-        assert torch.equal(out.isnan(), expect), f"native {dtype}, NaN in {what}: {out.isnan().nonzero().flatten().tolist()}"
-        assert torch.isfinite(out[~expect]).all()
+    check_nan_contract(op, scaled, dtypes=(dtype,))
 
 
 def test_exact_match_and_zero_query():
@@ -157,28 +171,6 @@ def test_exact_match_and_zero_query():
     assert abs(out[0].item()) < 1e-12
     assert out[1].item() == pytest.approx(1.0, abs=1e-15)
     assert ((out >= -1e-12) & (out <= 2 + 1e-12)).all()
-
-
-def check_nan_contract(fn, dtypes=(torch.float32, torch.float64)):
-    """NaN contract: a NaN in a query row gives NaN for that query, a NaN in a reference row NaN for
-    every query of its group; the rest matches the reference. fn(queries, refs, query_group,
-    ref_offsets) is the implementation under test (also used by tests/emulated)."""
-    torch.manual_seed(1)
-    q, r, g, off = make(60, 12, [3, 4, 2])
-    q[5, 7] = float("nan")
-    r[4, 0] = float("nan")  # group 1
-    expect = g == 1
-    expect[5] = True
-    ref = reference.min_cosine_distance(q, r, g, off)
-    assert torch.equal(torch.isnan(ref), expect)
-    for dtype in dtypes:
-        out = fn(q.to(dtype), r.to(dtype), g, off)
-        assert torch.equal(torch.isnan(out), expect), (dtype, torch.isnan(out).nonzero().flatten().tolist())
-        torch.testing.assert_close(out[~expect].double(), ref[~expect], rtol=0, atol=TOL[dtype])
-
-
-def test_cpu_nan_propagates():
-    check_nan_contract(op)
 
 
 def test_public_wrapper_dispatches_to_native():
@@ -286,11 +278,9 @@ def test_cuda_scaled_matches_reference(N, D, sizes, dtype, cuda_device, check_cl
 
 
 @pytest.mark.cuda
-def test_cuda_scaled_nan_propagates(cuda_device):
-    # the scaled path's NaN contract (the plain path's is issue 12's, on the same kernel)
-    for what, args, expect in nan_cases(scaled=True):
-        out = op(*[t.to(cuda_device) for t in args]).cpu()
-        assert torch.equal(out.isnan(), expect), f"cuda, NaN in {what}"
+@pytest.mark.parametrize("scaled", [False, True], ids=["plain", "scaled"])
+def test_cuda_nan_propagates(cuda_device, scaled):
+    check_nan_contract(lambda *a: op(*[t if t is None else t.to(cuda_device) for t in a]), scaled, where="cuda")
 
 
 @pytest.mark.cuda
