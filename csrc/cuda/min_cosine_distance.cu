@@ -213,7 +213,7 @@ __global__ void __launch_bounds__(kThreads) min_cosine_distance_kernel(const Min
             } else {
               best_s[e] = scaled ? nan_min(best_s[e], m) : nan_max(best_s[e], m);
             }
-            sq_s[e] = sq;
+            if (!scaled) sq_s[e] = sq;  // the scaled path folded the norm in above
           }
         }
       }
