@@ -57,6 +57,7 @@ import logging
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -284,6 +285,20 @@ def environment() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def command_line() -> str:
+    """The study's command, shell-quoted so that it re-runs as printed; without ``--note`` (the note
+    is reported on its own line)."""
+    argv, skip = [], False
+    for a in sys.argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            argv.append(a)
+    return shlex.join(["python", *argv])
+
+
 def parse_variant(text: str) -> tuple[str, dict]:
     """``name:k=v,k=v`` -> (name, overrides) parsed with Config.parse_value."""
     name, _, rest = text.partition(":")
@@ -323,7 +338,7 @@ def run_steps(args) -> dict:
     bad = sorted(k for over in backend_variants.values() for k in over if k not in BACKEND_FIELDS)
     if bad:
         raise SystemExit(f"--backend-variant: {bad} are not backend settings ({sorted(BACKEND_FIELDS)})")
-    out = {"study": "steps", "preset": args.preset, "command": " ".join(sys.argv), "environment": environment(),
+    out = {"study": "steps", "preset": args.preset, "command": command_line(), "environment": environment(),
            "synth": {**sizes, "seed": args.data_seed, "n_train_clips": len(train_clips), "n_test_clips": len(data[1][0])},
            "base_config": base.to_dict(), "steps": steps, "variants": {}, "baseline": baseline_score(root),
            "backend_variants": backend_variants}
@@ -405,7 +420,7 @@ def run_table7(args) -> dict:
     train_clips = data[0][0]
     seeds = [int(s) for s in args.seeds.split(",")]
     designs = {"standard": dict(PRESETS["standard"]), "presented": {}}
-    out = {"study": "table7", "preset": args.preset, "command": " ".join(sys.argv), "environment": environment(),
+    out = {"study": "table7", "preset": args.preset, "command": command_line(), "environment": environment(),
            "synth": {**sizes, "seed": args.data_seed, "n_train_clips": len(train_clips), "n_test_clips": len(data[1][0])},
            "base_config": base.to_dict(), "steps": args.steps, "seeds": seeds, "designs": {},
            "baseline": baseline_score(root)}
@@ -489,7 +504,7 @@ def run_backends(args) -> dict:
     bad = sorted(k for over in backend_variants.values() for k in over if k not in BACKEND_FIELDS)
     if bad:
         raise SystemExit(f"--backend-variant: {bad} are not backend settings ({sorted(BACKEND_FIELDS)})")
-    out = {"study": "backends", "command": " ".join(sys.argv), "note": args.note,
+    out = {"study": "backends", "command": command_line(), "note": args.note,
            "environment": environment(), "backend_variants": backend_variants, "dumps": {}}
     for path in dumps:
         cfg, train_clips, tr, test_clips, te = load_dump(path)
@@ -559,7 +574,7 @@ def run_ensemble(args) -> dict:
         ev = evaluate_detector(d, root)
         return {"official_score": ev.official_score, "official": dict(ev.official), "paper": dict(ev.paper)}
 
-    out = {"study": "ensemble", "preset": args.preset, "command": " ".join(sys.argv),
+    out = {"study": "ensemble", "preset": args.preset, "command": command_line(),
            "environment": environment(), "synth": {**sizes, "seed": args.data_seed},
            "config": cfg.to_dict(), "train_seconds": train_s, "ensemble": figures(det),
            "members": [figures(Detector(cfg, [m], det.encoder, [b], det.thresholds, device="cpu"))
