@@ -138,7 +138,8 @@ def _git(*args: str) -> str | None:
 
 def commit_info() -> dict:
     sha = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=normal")
+    # results files are no change to what is measured (a rerun finds the last run's files)
+    status = _git("status", "--porcelain", "--untracked-files=normal", "--", ".", ":!benchmarks/results")
     return {"sha": sha, "dirty": None if status is None else bool(status),
             "changed_files": None if status is None else len(status.splitlines())}
 
