@@ -39,6 +39,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import short_commit  # noqa: E402  (benchmarks/run.py)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -144,8 +147,7 @@ def main() -> None:
                 rows.append(run_case(args, data, Path(tmp), n, mode))
                 print(f"{n} process(es), {mode}: {rows[-1]['clips_per_s']:.1f} clips/s", flush=True)
     base = rows[0]["clips_per_s"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
+    commit = short_commit()
     command = "python benchmarks/bench_distributed.py " + " ".join(sys.argv[1:])
     env = {"torch": torch.__version__, "python": platform.python_version(), "os_cpus": os.cpu_count(),
            "cuda_devices": torch.cuda.device_count(), "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S")}

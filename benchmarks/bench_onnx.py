@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_archive import device_name, random_detector  # noqa: E402
+from run import short_commit  # noqa: E402
 
 from fastasd._io import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -87,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     cases = [measure(float(s), args.batch, args.rounds, args.threads) for s in args.seconds.split(",")]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = short_commit()
     result = {"benchmark": "onnx", "command": "python benchmarks/bench_onnx.py " + " ".join(argv or sys.argv[1:]),
               "device_name": device_name(torch.device("cpu")), "threads": args.threads,
               "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "commit": commit,

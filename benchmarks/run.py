@@ -136,6 +136,11 @@ def _git(*args: str) -> str | None:
         return None
 
 
+def short_commit() -> str:
+    """HEAD's abbreviated hash, or "" outside a git checkout (for the other benchmarks' headers)."""
+    return _git("rev-parse", "--short", "HEAD") or ""
+
+
 def commit_info() -> dict:
     sha = _git("rev-parse", "HEAD")
     # results files are no change to what is measured (a rerun finds the last run's files)

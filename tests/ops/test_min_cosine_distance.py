@@ -145,15 +145,14 @@ def check_nan_contract(fn, scaled: bool, dtypes=(torch.float32, torch.float64), 
     for what, args, expect in nan_cases(scaled):
         ref = reference.min_cosine_distance(*args)
         assert torch.equal(ref.isnan(), expect), f"reference, NaN in {what}"
-        # the scaled bound (over the finite scales / shifts), or 1
-        tol = scaled_tol(torch.float64, *[t if t is None else t.nan_to_num(0.0) for t in args[4:]]) / TOL[torch.float64]
+        finite = [t if t is None else t.nan_to_num(0.0) for t in args[4:]]  # the tolerance's scale / shift
         for dtype in dtypes:
             conv = [t.to(dtype) if t is not None and t.is_floating_point() else t for t in args]
             out = fn(*conv).cpu()
             assert torch.equal(out.isnan(), expect), \
                 f"{where} {dtype}, NaN in {what}: {out.isnan().nonzero().flatten().tolist()}"
             assert torch.isfinite(out[~expect]).all(), f"{where} {dtype}, NaN in {what}"
-            torch.testing.assert_close(out[~expect].double(), ref[~expect], rtol=0, atol=TOL[dtype] * tol,
+            torch.testing.assert_close(out[~expect].double(), ref[~expect], rtol=0, atol=scaled_tol(dtype, *finite),
                                        msg=lambda m: f"{where} {dtype}, NaN in {what}: {m}")
 
 
