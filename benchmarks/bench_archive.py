@@ -6,7 +6,7 @@ clips, with the same detector, batch size and torch threads:
 
 * **forward**: ``detector.score_waveforms`` on batches already decoded into memory (only the
   model + backend calls are timed; audio is decoded before each timed call);
-* **pipeline**: ``fastasd.score.score_inputs(detector, zip, out_dir=...)`` end to end: enumerating
+* **pipeline**: ``fastasd.scoring.score_inputs(detector, zip, out_dir=...)`` end to end: enumerating
   the archive, worker processes reading and decoding members, batching, the model, writing
   ``scores.csv``, wall time from the call to its return (worker start-up included).
 
@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastasd._io import atomic_write_json, atomic_write_text  # noqa: E402
 from fastasd.data.inputs import decode_source, iter_sources  # noqa: E402
-from fastasd.score import default_num_workers, score_inputs  # noqa: E402
+from fastasd.scoring import default_num_workers, score_inputs  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SR = 16000

@@ -48,10 +48,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def worker(args) -> None:
     """One torchrun process: train ``--steps`` steps in ``--mode`` and write its step times."""
     import fastasd
-    from fastasd import distributed
+    from fastasd.training import distributed
     from fastasd.config import Config
     from fastasd.data.layout import discover
-    from fastasd.train import train_model
+    from fastasd.training import train_model
 
     fastasd.tune_allocator()  # as the fastasd command line does
     if args.threads:

@@ -4,9 +4,9 @@
 * ``train_step``: one optimizer step of the paper's system at batch 64 on 10-s clips: mixup,
   the real :class:`fastasd.model.EmbeddingNet` (both branches, concatenated 256-d embedding),
   :class:`fastasd.loss.SubclusterAdaCos` (342 classes x 16), the L2 term, backward, Adam.
-* ``train_epoch``: :func:`fastasd.train.train_model` for one epoch on a small synthetic DCASE set
+* ``train_epoch``: :func:`fastasd.training.train_model` for one epoch on a small synthetic DCASE set
   of WAV files (decode, shuffling, mixup, steps; a fresh model each call).
-* ``score_wav``: :func:`fastasd.score.score_inputs` on a synthetic DCASE root of WAV files
+* ``score_wav``: :func:`fastasd.scoring.score_inputs` on a synthetic DCASE root of WAV files
   (discovery, decode in the default worker setup, model, cosine backend); reported as clips/s.
   The detector has untrained weights (timing does not depend on them), fitted backends. Ours
   embeds with the network fused for inference (``Detector.inference_model``, fastasd/inference.py);
@@ -154,7 +154,7 @@ def test_train_epoch(case, provider, device, quick, runner, benchmark, dataset):
     from fastasd.data.layout import discover
     from fastasd.loss import SubclusterAdaCos
     from fastasd.model import EmbeddingNet
-    from fastasd.train import train_model
+    from fastasd.training import train_model
 
     n = case.params["clips"]
     root = dataset(n)
@@ -197,7 +197,7 @@ def _detector(root, device):
 
 @for_op("score_wav")
 def test_score_wav(case, provider, device, quick, runner, benchmark, dataset):
-    from fastasd.score import default_num_workers, score_inputs
+    from fastasd.scoring import default_num_workers, score_inputs
 
     n = case.params["clips"]
     root = dataset(n)

@@ -31,7 +31,7 @@ import studies  # noqa: E402
 from fastasd.config import Config  # noqa: E402
 from fastasd.data.labels import ClassEncoder, class_key  # noqa: E402
 from fastasd.data.layout import discover  # noqa: E402
-from fastasd.train import train_model  # noqa: E402
+from fastasd.training import train_model  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

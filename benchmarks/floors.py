@@ -5,7 +5,8 @@ The floor of a call is ``max(bytes / bandwidth, flops / matmul_rate)``: no imple
 run much faster. Bytes count every input read once and every output written once (what a fused
 kernel must move through memory); FLOPs count the arithmetic the op must do (a real FFT is
 ``2.5 n log2 n``; exp/acos/sqrt count one each). The derivations are in ``benchmarks/NOTES.md``;
-``python benchmarks/floors.py`` prints the table of bytes and FLOPs at every benchmark size.
+``python benchmarks/sizes.py`` prints the table of bytes and FLOPs at every benchmark size
+(``sizes.py`` imports this module, never the reverse).
 
 The ceilings are measured, not taken from datasheets (see ``/work/.library/device/METHOD.md``):
 ``measure_ceilings(device)`` times a large tensor copy (bytes read + bytes written) and a large
@@ -178,44 +179,3 @@ def floor_entry(cost: Cost, ceilings: dict, median_s: float | None) -> dict:
         out.update(achieved_GBps=cost.bytes / median_s / 1e9, achieved_GFLOPps=cost.flops / median_s / 1e9,
                    x_floor=median_s / floor, floor_fraction=floor / median_s)
     return out
-
-
-def _fmt_s(t: float) -> str:
-    return f"{t:.3g} s" if t >= 1 else f"{t * 1e3:.3g} ms" if t >= 1e-3 else f"{t * 1e6:.3g} us"
-
-
-def size_table(ceilings: dict[str, tuple[float, float]] | None = None) -> str:
-    """Markdown table of bytes and FLOPs of every op at every benchmark size (for NOTES.md), with
-    the floor time on each named machine ``{name: (GB/s, GFLOP/s)}``."""
-    from sizes import CASES  # benchmarks/sizes.py
-
-    ceilings = ceilings or {}
-    head = ["op", "case", "sizes", "MB moved", "MFLOP", "FLOP/byte"] + [f"floor {k}" for k in ceilings]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
-    for case in CASES:
-        c = case.cost()
-        if c is None:  # end-to-end cases: no single floor
-            continue
-        cells = [case.op, case.id, ",".join(case.tags), f"{c.bytes / 1e6:,.2f}", f"{c.flops / 1e6:,.1f}",
-                 f"{c.flops / c.bytes:.2f}"]
-        for gbps, gflops in ceilings.values():
-            t, bound = c.floor_s(gbps * 1e9, gflops * 1e9)
-            cells.append(f"{_fmt_s(t)} ({bound[:3]})")
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    # H100 SXM datasheet leads (HBM3 3.35 TB/s, FP32 67 TFLOP/s); measured ceilings replace them.
-    leads = {"H100 lead": (3350.0, 67000.0)}
-    if "--measure" in sys.argv:  # add this machine's measured ceilings as a column
-        dev = "cuda" if "--cuda" in sys.argv else "cpu"
-        c = measure_ceilings(dev)
-        print(c)
-        leads[f"this {dev} ({c['memory_GBps']:.3g} GB/s, {c['matmul_GFLOPps']:.4g} GFLOP/s)"] = (
-            c["memory_GBps"], c["matmul_GFLOPps"])
-    print(size_table(leads))

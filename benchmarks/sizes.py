@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import floors
 from floors import Cost, min_cosine_distance_cost, stft_magnitude_cost, subcluster_adacos_cost
 
 SIZE_SETS = ("paper", "target", "large")
@@ -93,3 +94,42 @@ CASES_BY_NAME = {c.name: c for c in CASES}
 def select(cases: list[Case], sizes: set[str]) -> list[Case]:
     """The cases whose size sets intersect ``sizes``."""
     return [c for c in cases if sizes.intersection(c.tags)]
+
+
+def _fmt_s(t: float) -> str:
+    return f"{t:.3g} s" if t >= 1 else f"{t * 1e3:.3g} ms" if t >= 1e-3 else f"{t * 1e6:.3g} us"
+
+
+def size_table(ceilings: dict[str, tuple[float, float]] | None = None) -> str:
+    """Markdown table of bytes and FLOPs of every op at every benchmark size (for NOTES.md), with
+    the floor time on each named machine ``{name: (GB/s, GFLOP/s)}``."""
+    ceilings = ceilings or {}
+    head = ["op", "case", "sizes", "MB moved", "MFLOP", "FLOP/byte"] + [f"floor {k}" for k in ceilings]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
+    for case in CASES:
+        c = case.cost()
+        if c is None:  # end-to-end cases: no single floor
+            continue
+        cells = [case.op, case.id, ",".join(case.tags), f"{c.bytes / 1e6:,.2f}", f"{c.flops / 1e6:,.1f}",
+                 f"{c.flops / c.bytes:.2f}"]
+        for gbps, gflops in ceilings.values():
+            t, bound = c.floor_s(gbps * 1e9, gflops * 1e9)
+            cells.append(f"{_fmt_s(t)} ({bound[:3]})")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    # H100 SXM datasheet leads (HBM3 3.35 TB/s, FP32 67 TFLOP/s); measured ceilings replace them.
+    leads = {"H100 lead": (3350.0, 67000.0)}
+    if "--measure" in sys.argv:  # add this machine's measured ceilings as a column
+        dev = "cuda" if "--cuda" in sys.argv else "cpu"
+        c = floors.measure_ceilings(dev)
+        print(c)
+        leads[f"this {dev} ({c['memory_GBps']:.3g} GB/s, {c['matmul_GFLOPps']:.4g} GFLOP/s)"] = (
+            c["memory_GBps"], c["matmul_GFLOPps"])
+    print(size_table(leads))

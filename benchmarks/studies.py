@@ -242,7 +242,7 @@ def train_with_evals(config: Config, train_clips, data, eval_steps: list[int], m
     ``"bn_recalibrated"``; with ``backend_variants`` also with those backends, under
     ``"backends"``; with ``dump_prefix`` the embeddings of each evaluation are written to
     ``<dump_prefix>_step<N>.npz``)."""
-    from fastasd.train import train_model
+    from fastasd.training import train_model
 
     eval_steps = sorted(set(eval_steps))
     results: list[dict] = []
@@ -561,7 +561,7 @@ def backends_markdown(out: dict) -> str:
 def run_ensemble(args) -> dict:
     from fastasd import api
     from fastasd.api import Detector
-    from fastasd.demo import evaluate_detector
+    from fastasd.cli.demo import evaluate_detector
 
     sizes = synth_sizes(args)
     root = ensure_data(Path(args.data), args.data_seed, sizes)
@@ -649,7 +649,7 @@ def main(argv=None) -> int:
         out = run_backends(args)
         out["total_seconds"] = time.perf_counter() - t
         return _write(args, "backends", out)
-    if args.study in ("steps", "ensemble"):  # the demo's set (fastasd.demo.DEMO_SYNTH)
+    if args.study in ("steps", "ensemble"):  # the demo's set (fastasd.cli.demo.DEMO_SYNTH)
         defaults = dict(machine_types="fan,pump,gearbox,valve", sections=2, train_source=200,
                         train_target=10, test=40, clip_seconds=2.0, steps="50,100,250,500,1000")
     else:  # a larger set

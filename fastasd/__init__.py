@@ -20,7 +20,7 @@ _LAZY = {
     "Detector": ("fastasd.api", "Detector"),
     "Config": ("fastasd.config", "Config"),
     "export_onnx": ("fastasd.export", "export_onnx"),
-    "load_onnx": ("fastasd.export", "load_onnx"),
+    "load_onnx": ("fastasd.onnx_detector", "load_onnx"),
     "tune_allocator": ("fastasd.allocator", "tune_allocator"),
 }
 

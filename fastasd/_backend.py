@@ -9,11 +9,10 @@
 
 The build records what it built in ``_build_info.json`` beside the extension (see setup.py); a
 library built for another torch or CUDA version is refused with a message that says both.
-``fastasd info`` prints all of it.
+``fastasd info`` (:mod:`fastasd.cli.info`) prints all of it.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import importlib
 import json
@@ -204,15 +203,3 @@ def format_info(d: dict) -> str:
         have = [dev for dev, ok in devs.items() if ok]
         lines.append(f"  {op}: {', '.join(have) if have else 'none (reference)'}")
     return "\n".join(lines)
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``fastasd info``."""
-    parser.add_argument("--json", action="store_true", help="print the information as JSON")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``fastasd info``: how the operators were built and which backend runs them."""
-    d = info()
-    print(json.dumps(d, indent=2) if args.json else format_info(d))
-    return 0

@@ -31,15 +31,17 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 import fastasd
-import fastasd.train as _train_module  # noqa: F401  (imported now: see the end of this file)
 from fastasd._io import atomic_write_bytes, atomic_write_json
 from fastasd.config import Config
+from fastasd.training.backend_fit import backend_domain as _backend_domain  # noqa: F401  (studies use it)
+from fastasd.training.backend_fit import fit_backends, section_key
+from fastasd.training.loop import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +50,6 @@ __all__ = ["Detector", "train", "load", "score", "section_key"]
 MODEL_FORMAT = "fastasd.Detector"
 MODEL_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-def section_key(machine_type: str, section: str) -> str:
-    """The backend's section key: ``"<machine_type>/<section>"`` (``/`` never occurs in a name)."""
-    return f"{machine_type}/{section}"
 
 
 def _as_config(config: Config | dict | str | None, overrides: dict) -> Config:
@@ -67,11 +64,6 @@ def _as_config(config: Config | dict | str | None, overrides: dict) -> Config:
     else:
         raise TypeError(f"config must be a Config, a dict, a preset name or None, got {type(config).__name__}")
     return cfg.replace(**overrides) if overrides else cfg
-
-
-def _backend_domain(domain: str) -> str:
-    # Layouts without domains (DCASE 2020) have only source-like data.
-    return "target" if domain == "target" else "source"
 
 
 class Detector:
@@ -126,8 +118,6 @@ class Detector:
 
     def to(self, device: str | torch.device) -> "Detector":
         """Move the networks to ``device`` (returns self)."""
-        from fastasd.train import resolve_device
-
         self.device = resolve_device(device)
         for m in self.models:
             m.to(self.device)
@@ -233,12 +223,12 @@ class Detector:
     def score(self, inputs, **kwargs) -> list[dict]:
         """Score audio files, folders or DCASE roots (the test clips of a root).
 
-        Delegates to :func:`fastasd.score.score_inputs` (see there for the keyword arguments:
+        Delegates to :func:`fastasd.scoring.score_inputs` (see there for the keyword arguments:
         ``out_dir``, ``batch_size``, ``submission``, ``ground_truth`` ...). Returns one dict per
         clip: ``file``, ``file_name``, ``machine_type``, ``section``, ``domain`` and ``label``
         (``"unknown"`` when not known), ``score``, ``decision``.
         """
-        from fastasd.score import score_inputs
+        from fastasd.scoring import score_inputs
 
         return score_inputs(self, inputs, **kwargs)
 
@@ -431,63 +421,17 @@ def _read_json(path: Path, data: bytes):
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
-def _embed_clips(detector_models: Sequence[torch.nn.Module], clips: Sequence, config: Config,
-                 device: torch.device, batch_size: int = 64, progress: bool | None = None,
-                 errors: list | None = None) -> tuple[list[int], list[np.ndarray]]:
-    """Embed clips with every model (audio read once): ``(kept clip indices, [member -> [n, D]])``.
-
-    The models are put in eval mode and run fused for inference (as :meth:`Detector.inference_model`:
-    not with ``FASTASD_BACKEND=reference`` or ``FASTASD_FUSED_INFERENCE=0``)."""
-    from fastasd.data.dataset import iter_audio_batches
-    from fastasd.inference import fused_enabled, inference_module
-
-    kept: list[int] = []
-    parts: list[list[np.ndarray]] = [[] for _ in detector_models]
-    for m in detector_models:
-        m.eval()
-    if fused_enabled():
-        detector_models = [inference_module(m) for m in detector_models]
-    with torch.inference_mode():
-        for idx, waves in iter_audio_batches(clips, batch_size, config.num_samples,
-                                             sample_rate=config.sample_rate, channel=config.channel,
-                                             errors=errors, progress=bool(progress)):
-            x = torch.from_numpy(waves).to(device)
-            for i, m in enumerate(detector_models):
-                parts[i].append(m(x).float().cpu().numpy())
-            kept.extend(idx)
-    dim = [getattr(m, "embedding_dim", 0) for m in detector_models]
-    return kept, [np.concatenate(p, axis=0) if p else np.zeros((0, d), np.float32)
-                  for p, d in zip(parts, dim)]
-
-
 def fit_detector(config: Config, models: Sequence[torch.nn.Module], encoder, train_clips: Sequence,
                  device: torch.device | None = None, progress: bool | None = None,
                  info: dict | None = None) -> Detector:
     """Embed the training clips with every member (eval mode), fit one backend per member on
     them (sections ``"machine_type/section"``, domains source/target) and set the per-section
-    thresholds on the summed training scores."""
-    from fastasd.backend import make_backend
-    from fastasd.train import resolve_device
-
+    thresholds on the summed training scores (:func:`fastasd.training.backend_fit.fit_backends`)."""
     dev = resolve_device(device, config)
-    errors: list = []
-    kept, embs = _embed_clips(models, train_clips, config, dev, progress=progress, errors=errors)
-    if not kept:
-        raise ValueError("fit_detector: none of the training clips could be read")
-    clips = [train_clips[i] for i in kept]
-    keys = [section_key(c.machine_type, c.section) for c in clips]
-    domains = [_backend_domain(c.domain) for c in clips]
-    backends, total = [], np.zeros(len(clips), dtype=np.float64)
-    for emb in embs:
-        b = make_backend(config).fit(emb, keys, domains)
-        backends.append(b)
-        total += b.train_scores_  # = its scores of the training clips (leave-one-out where they are references)
-    keys_arr = np.asarray(keys)
-    thresholds = {k: float(np.percentile(total[keys_arr == k], config.threshold_percentile))
-                  for k in dict.fromkeys(keys)}
+    backends, thresholds, unreadable = fit_backends(config, models, train_clips, dev, progress)
     info = dict(info or {})
-    if errors:
-        info["unreadable_train_files"] = [p for p, _ in errors]
+    if unreadable:
+        info["unreadable_train_files"] = unreadable
     return Detector(config, models, encoder, backends, thresholds, info=info, device=dev)
 
 
@@ -513,53 +457,28 @@ def train(data_root, out_dir: str | os.PathLike | None = None, config: Config | 
             instead of spreading the members over them (see below).
         **overrides: Config fields, e.g. ``epochs=20, ensemble_size=5``.
 
-    Under ``torchrun`` (``WORLD_SIZE > 1``; :mod:`fastasd.distributed`) every process calls this
+    Under ``torchrun`` (``WORLD_SIZE > 1``; :mod:`fastasd.training.distributed`) every process calls this
     with the same arguments. By default rank ``r`` trains members ``r, r + W, ...`` (their
     checkpoints are written by that rank), rank 0 receives every member, fits the backends and
     saves the detector: the same detector as one process trains. With ``data_parallel`` the
     members are trained one after the other, each with ``DistributedDataParallel`` over all
-    ranks (:func:`fastasd.train.train_model`). Rank 0 returns the detector; the other ranks
+    ranks (:func:`fastasd.training.train_model`). Rank 0 returns the detector; the other ranks
     return None once rank 0 has saved it.
 
     Returns:
         the trained :class:`Detector` (ensemble of ``config.ensemble_size`` members), or None on
         a torchrun rank other than 0.
     """
-    from fastasd import distributed
-    from fastasd.data.layout import discover
-    from fastasd.train import resolve_device, train_model
+    from fastasd.training.ensemble import train_ensemble
 
     cfg = _as_config(config, overrides)
     t0 = time.perf_counter()
-    ctx = distributed.setup(device, cfg, single=data_parallel)
-    if ctx is None:
-        if data_parallel:
-            logger.warning("data_parallel=True outside torchrun (WORLD_SIZE unset or 1): training "
-                           "in this one process")
-        dev = resolve_device(device, cfg)
-        clips = discover(data_root, ground_truth=ground_truth, splits=("train",))
-        models, histories, encoder = [], [], None
-        for member in range(cfg.ensemble_size):
-            model, _loss, enc, history = train_model(clips, cfg, out_dir=out_dir, resume=resume,
-                                                     progress=progress, device=dev, member=member)
-            encoder = _same_classes(encoder, enc)
-            models.append(model)
-            histories.append(history)
+
+    def finish(models, encoder, clips, histories, dev, progress):
         return _fit_and_save(cfg, models, encoder, clips, dev, progress, histories, out_dir, t0)
-    try:
-        return _train_distributed(ctx, data_root, out_dir, cfg, ground_truth, progress, resume,
-                                  data_parallel, t0)
-    except BaseException as e:
-        ctx.fail(e)
-        raise
-    finally:
-        ctx.close()
 
-
-def _same_classes(encoder, enc):
-    if encoder is not None and enc.classes_ != encoder.classes_:  # cannot happen: same clips
-        raise RuntimeError("train: ensemble members disagree on the classes")
-    return enc
+    return train_ensemble(data_root, cfg, finish, out_dir=out_dir, ground_truth=ground_truth,
+                          progress=progress, resume=resume, device=device, data_parallel=data_parallel)
 
 
 def _fit_and_save(cfg: Config, models, encoder, clips, dev, progress, histories, out_dir, t0) -> Detector:
@@ -575,65 +494,6 @@ def _fit_and_save(cfg: Config, models, encoder, clips, dev, progress, histories,
     return det
 
 
-def _train_distributed(ctx, data_root, out_dir, cfg: Config, ground_truth, progress, resume,
-                       data_parallel: bool, t0) -> Detector | None:
-    """:func:`train` on one torchrun rank (``ctx`` from :func:`fastasd.distributed.setup`)."""
-    from fastasd.data.layout import discover
-    from fastasd.distributed import broadcast_json, broadcast_tensors
-    from fastasd.model import EmbeddingNet
-    from fastasd.train import train_model
-
-    dev, rank, world = ctx.device, ctx.rank, ctx.world_size
-    progress = progress if ctx.is_main else False
-    clips = discover(data_root, ground_truth=ground_truth, splits=("train",))
-    n = cfg.ensemble_size
-    models, histories, encoder = [None] * n, [None] * n, None
-    if data_parallel:
-        for member in range(n):
-            model, _loss, enc, history = train_model(clips, cfg, out_dir=out_dir, resume=resume,
-                                                     progress=progress, device=dev, member=member,
-                                                     data_parallel=True)
-            encoder = _same_classes(encoder, enc)
-            models[member], histories[member] = model, history
-    else:
-        mine = list(range(rank, n, world))
-        if not mine:
-            logger.warning("rank %d: no ensemble member to train (ensemble_size %d < %d processes; "
-                           "--data-parallel uses every process for each member)", rank, n, world)
-        for member in mine:
-            model, _loss, enc, history = train_model(clips, cfg, out_dir=out_dir, resume=resume,
-                                                     progress=progress, device=dev, member=member)
-            encoder = _same_classes(encoder, enc)
-            models[member], histories[member] = model, history
-        # Ranks finish at different times (W need not divide N): wait without a collective, so
-        # that a failed or silent rank is reported instead of timing out a collective.
-        ctx.done("trained")
-        ctx.wait("trained", "training its ensemble members")
-        if encoder is None:  # a rank without members still needs the classes to build receivers
-            from fastasd.data.labels import ClassEncoder
-
-            encoder = ClassEncoder().fit([c for c in clips if c.split == "train"])
-        for member in range(n):
-            owner = member % world
-            model = models[member] if owner == rank else EmbeddingNet(cfg, cfg.num_samples)
-            state = model.state_dict()
-            received = broadcast_tensors(list(state.values()), owner, dev)
-            if owner != rank:
-                model.load_state_dict(dict(zip(state.keys(), received)))
-                model.to(dev).eval()
-            models[member] = model
-            histories[member] = broadcast_json(histories[member] if owner == rank else None, owner, dev)
-    det = None
-    if ctx.is_main:
-        det = _fit_and_save(cfg, models, encoder, clips, dev, progress, histories, out_dir, t0)
-    ctx.done("saved")
-    ctx.wait("saved", "fitting the backends and saving the model", ranks=[0])
-    import torch.distributed as dist
-
-    dist.barrier()  # every rank saw "saved" before rank 0 (which may host the store) exits
-    return det
-
-
 def load(path: str | os.PathLike, device: str | torch.device | None = None) -> Detector:
     """Load a detector saved by :meth:`Detector.save` (or ``fastasd train --out``)."""
     return Detector.load(path, device=device)
@@ -644,10 +504,3 @@ def score(model: Detector | str | os.PathLike, inputs, **kwargs) -> list[dict]:
     folder; see :meth:`Detector.score`."""
     det = model if isinstance(model, Detector) else load(model)
     return det.score(inputs, **kwargs)
-
-
-# ``import fastasd.train`` (the training module) binds the package attribute ``fastasd.train`` to
-# that module, which would shadow the function ``fastasd.train(...)``. The module was imported
-# above, so rebinding here makes ``fastasd.train`` the function for good (the module stays
-# reachable as ``sys.modules["fastasd.train"]`` / ``from fastasd.train import ...``).
-fastasd.train = train

@@ -307,7 +307,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # spectrograms, trainable cluster centers, bias terms and a GMM backend.
     "standard": {"spectrogram_type": "logmel", "trainable_centers": True, "use_bias": True,
                  "backend": "gmm"},
-    # The synthetic demo (fastasd.demo.DEMO_SYNTH, 1,680 training clips of 2 s): 2-s clips, the
+    # The synthetic demo (fastasd.cli.demo.DEMO_SYNTH, 1,680 training clips of 2 s): 2-s clips, the
     # paper's 10 epochs = 270 steps at batch 64, about 2 minutes on 2 CPU cores. The measured
     # score-vs-steps curve (benchmarks/results/steps_curve_cpu.md) peaks near 250 steps and falls
     # after; BatchNorm momentum 0.1 instead of 0.01 did not help (steps_curve_cpu-bn.md).

@@ -160,7 +160,7 @@ def mixup(waveforms: torch.Tensor, targets: torch.Tensor, generator: torch.Gener
     Data-parallel training passes one rank's share of a global batch: row ``i`` is position
     ``positions[i]`` of a batch of ``batch_size`` clips, ``lam`` is drawn for the whole batch (the
     same generator state on every rank) and each row's partner ``batch_size - 1 - p`` must be
-    among the rows (:func:`fastasd.distributed.mirrored_positions`). The rows are then exactly
+    among the rows (:func:`fastasd.training.distributed.mirrored_positions`). The rows are then exactly
     the corresponding rows of the one-process mixup of the global batch.
 
     Args:

@@ -35,9 +35,10 @@ DP_CONFIGS = {
 
 
 def run_dp(root: str, out: Path, rank: int) -> None:
-    from fastasd import api, distributed
+    from fastasd import api
+    from fastasd.training import distributed
     from fastasd.data.layout import discover
-    from fastasd.train import train_model
+    from fastasd.training import train_model
 
     ctx = distributed.setup("cpu")
     clips = discover(root, splits=("train",))
@@ -66,12 +67,12 @@ def run_dp(root: str, out: Path, rank: int) -> None:
 
 
 def run_fail(root: str, out: Path, rank: int, die: bool) -> None:
-    import fastasd.train  # noqa: F401
+    import fastasd.training.ensemble  # noqa: F401
     from fastasd import api
 
     if rank == 1:
         if die:
-            train_module = sys.modules["fastasd.train"]
+            train_module = sys.modules["fastasd.training.ensemble"]
 
             def dead(*args, **kwargs):
                 os._exit(3)

@@ -56,11 +56,11 @@ def test_train_returns_detector(ensemble, root):
 
 
 def test_fastasd_train_stays_the_function():
-    """Importing the module fastasd.train must not shadow the function fastasd.train."""
-    import fastasd.train as train_module  # noqa: F401
+    """Importing the training package must not shadow the function fastasd.train."""
+    import fastasd.training as train_module  # noqa: F401
 
     assert callable(fastasd.train) and fastasd.train is api.train
-    assert hasattr(sys.modules["fastasd.train"], "train_model")
+    assert hasattr(sys.modules["fastasd.training"], "train_model")
 
 
 def test_score_records(ensemble, root):

@@ -24,7 +24,7 @@ import torch
 
 from fastasd.data.layout import discover
 from fastasd.data.synth import generate
-from fastasd.distributed import MirroredBatchSampler, mirrored_positions
+from fastasd.training.distributed import MirroredBatchSampler, mirrored_positions
 from fastasd.loss import mixup
 
 from tiny import TINY, tiny_config  # tests/tiny.py
@@ -146,7 +146,7 @@ def test_data_parallel_follows_the_one_process_curve(tiny_root, tmp_path, one_th
     2 epochs), and ``fastasd.train(data_parallel=True)`` returns the detector on rank 0 only."""
     from dist_worker import DP_CONFIGS
 
-    from fastasd.train import train_model
+    from fastasd.training import train_model
 
     out = tmp_path / "dp"
     _torchrun(WORKER, "dp", tiny_root, out)

@@ -28,7 +28,7 @@ from fastasd import export as ex  # noqa: E402
 from fastasd.api import fit_detector  # noqa: E402
 from fastasd.data.layout import discover  # noqa: E402
 from fastasd.data.synth import generate  # noqa: E402
-from fastasd.score import read_scores_csv, score_inputs  # noqa: E402
+from fastasd.scoring import read_scores_csv, score_inputs  # noqa: E402
 
 from tiny import TINY, tiny_config  # tests/tiny.py  # noqa: E402
 

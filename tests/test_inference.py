@@ -325,7 +325,7 @@ def test_fit_embeds_with_the_fused_network(detector, monkeypatch, tmp_path):
     """_embed_clips (fitting the backends) runs the fused network, and the plain one when off."""
     import soundfile as sf
 
-    from fastasd.api import _embed_clips
+    from fastasd.training.backend_fit import embed_clips as _embed_clips
     from fastasd.data.layout import discover
 
     calls = []

@@ -1,4 +1,4 @@
-"""Batch scoring (fastasd.score): archives, errors, resume, sharding and merge, submission, CLI.
+"""Batch scoring (fastasd.scoring): archives, errors, resume, sharding and merge, submission, CLI.
 
 Most tests use a tiny fake detector (score = mean |x| + section + machine-type offsets, so every
 score is exact and any mix-up of clips, machine types or sections shows); one integration test
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastasd.score import (
+from fastasd.scoring import (
     ERRORS_HEADER,
     SCORES_HEADER,
     merge_shards,
@@ -188,7 +188,7 @@ def test_memory_is_bounded_by_the_window(tmp_path, monkeypatch):
 
     import soundfile as sf
 
-    import fastasd.score as score_mod
+    import fastasd.scoring.pipeline as score_mod
     from fastasd.data.inputs import iter_sources
 
     folder = tmp_path / "many"

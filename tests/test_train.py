@@ -14,7 +14,7 @@ import torch
 from fastasd.config import Config
 from fastasd.data.layout import discover
 from fastasd.data.synth import generate
-from fastasd.train import checkpoint_path, load_checkpoint, train_model
+from fastasd.training import checkpoint_path, load_checkpoint, train_model
 
 from tiny import TINY, tiny_config  # tests/tiny.py
 
@@ -154,7 +154,7 @@ def test_train_help_lists_every_config_field(capsys):
 def test_train_cli_config_parsing():
     import argparse
 
-    from fastasd.train import add_cli_arguments, config_from_args
+    from fastasd.cli.train import add_cli_arguments, config_from_args
 
     p = argparse.ArgumentParser()
     add_cli_arguments(p)
@@ -197,7 +197,7 @@ def test_training_beats_baseline(tmp_path):
     """
     pytest.importorskip("fastasd.baseline", reason="fastasd.baseline not available")
     from fastasd import api
-    from fastasd.demo import DEMO_SYNTH, baseline_evaluation, evaluate_detector
+    from fastasd.cli.demo import DEMO_SYNTH, baseline_evaluation, evaluate_detector
 
     MARGIN = 0.03
     root = tmp_path / "data"

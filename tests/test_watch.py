@@ -1,4 +1,4 @@
-"""`fastasd score --watch` (fastasd.score.watch_inputs): files written while it runs are scored
+"""`fastasd score --watch` (fastasd.scoring.watch_inputs): files written while it runs are scored
 once complete, never half; undecodable files are retried before they are reported; resume rules;
 Ctrl-C ends a real `fastasd score --watch` process cleanly with everything flushed."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fastasd.score import ERRORS_HEADER, SCORES_HEADER, read_scores_csv, watch_inputs
+from fastasd.scoring import ERRORS_HEADER, SCORES_HEADER, read_scores_csv, watch_inputs
 
 try:
     from tests.test_score import SR, FakeDetector, _tiny_dcase_root, read_csv, untrained_detector

@@ -2,7 +2,7 @@
 sizes (2 machine types x 1 section, 8 + 2 training and 8 test clips, 0.5-s clips) and the demo
 preset shrunk the same way (batch 4, 1 epoch), on CPU."""
 from fastasd.config import Config
-from fastasd.demo import QUICK_OVERRIDES, QUICK_SYNTH
+from fastasd.cli.demo import QUICK_OVERRIDES, QUICK_SYNTH
 
 TINY = QUICK_SYNTH
 

@@ -16,7 +16,7 @@ from fastasd import _backend
 from fastasd.config import Config
 from fastasd.loss import mixup
 from fastasd.model import l2_penalty
-from fastasd.train import build_member
+from fastasd.training import build_member
 
 STEPS = 6
 RTOL_EARLY, EARLY_STEPS = 1e-5, 3

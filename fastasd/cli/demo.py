@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("fastasd.demo")  # the name its log lines always had
 
 __all__ = ["DEMO_SYNTH", "QUICK_SYNTH", "run_demo", "evaluate_detector", "baseline_evaluation",
            "comparison_table"]

@@ -1,8 +1,11 @@
-"""The ``fastasd`` command line.
+"""The ``fastasd`` command line: the command layer, the top of the package.
 
-Each subcommand lives in the module of its concern, which defines
-``add_cli_arguments(parser)`` and ``run_cli(args) -> int``; this file only dispatches, and
-imports a module only when its subcommand runs (so ``fastasd --help`` stays fast).
+Each subcommand is one module of this package (``fastasd.cli.<command>``, ``-`` spelled ``_``)
+that defines ``add_cli_arguments(parser)`` and ``run_cli(args) -> int``; this file only
+dispatches, and imports a module only when its subcommand runs (so ``fastasd --help`` stays
+fast). Only this layer parses arguments and prints for the user; the library below it keeps no
+argparse code, and only this layer imports :mod:`fastasd.api` (checked by the import-linter
+contract in ``pyproject.toml``).
 """
 from __future__ import annotations
 
@@ -13,15 +16,15 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("fastasd.demo", "synthesize data, train, score and evaluate in one go"),
-    "synth": ("fastasd.data.synth", "write a synthetic DCASE-style machine-sound dataset"),
-    "train": ("fastasd.train", "train a detector on a DCASE-layout dataset"),
-    "fit-backend": ("fastasd.backend", "fit a new backend for a trained model, without retraining"),
-    "score": ("fastasd.score", "score audio files, folders, archives or a DCASE root"),
-    "export": ("fastasd.export", "export a trained model to one ONNX graph (waveform -> anomaly score)"),
-    "evaluate": ("fastasd.evaluate", "compute AUC/pAUC and the official score of submission files"),
-    "baseline": ("fastasd.baseline", "mean log-spectrum + nearest-neighbour baseline scores"),
-    "info": ("fastasd._backend", "show how the fastasd operators were built and which backend runs"),
+    "demo": ("fastasd.cli.demo", "synthesize data, train, score and evaluate in one go"),
+    "synth": ("fastasd.cli.synth", "write a synthetic DCASE-style machine-sound dataset"),
+    "train": ("fastasd.cli.train", "train a detector on a DCASE-layout dataset"),
+    "fit-backend": ("fastasd.cli.fit_backend", "fit a new backend for a trained model, without retraining"),
+    "score": ("fastasd.cli.score", "score audio files, folders, archives or a DCASE root"),
+    "export": ("fastasd.cli.export", "export a trained model to one ONNX graph (waveform -> anomaly score)"),
+    "evaluate": ("fastasd.cli.evaluate", "compute AUC/pAUC and the official score of submission files"),
+    "baseline": ("fastasd.cli.baseline", "mean log-spectrum + nearest-neighbour baseline scores"),
+    "info": ("fastasd.cli.info", "show how the fastasd operators were built and which backend runs"),
 }
 
 # Commands whose tensors are large enough that glibc's mmap for every big block costs page faults

@@ -6,7 +6,7 @@ Two modes (``fastasd.train(..., data_parallel=...)`` / ``fastasd train [--data-p
   ``r, r + W, ...`` with the seeds they get in one process (``config.seed + member``); rank 0
   receives every member's weights, fits the backends and writes the model. Exactly the
   single-process result (tested on CPU).
-* **Data-parallel** (:func:`mirrored_positions`, used by :func:`fastasd.train.train_model`): one
+* **Data-parallel** (:func:`mirrored_positions`, used by :func:`fastasd.training.train_model`): one
   member at a time, PyTorch ``DistributedDataParallel``; every global batch of ``batch_size``
   clips is split over the ranks.
 
@@ -38,7 +38,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("fastasd.distributed")  # the name its log lines always had
 
 __all__ = ["DistContext", "launched", "setup", "pick_device", "mirrored_positions",
            "MirroredBatchSampler", "broadcast_tensors", "broadcast_json", "all_equal",
@@ -173,7 +173,7 @@ def setup(device=None, config=None, *, single: bool = False) -> DistContext | No
     otherwise trained as without torchrun; data-parallel training asks for it, so that its
     NCCL, DDP and SyncBatchNorm path runs (and can be checked) on a machine with one GPU.
 
-    ``device``/``config.device`` as in :func:`fastasd.train.resolve_device`, made per rank by
+    ``device``/``config.device`` as in :func:`fastasd.training.resolve_device`, made per rank by
     :func:`pick_device`. The process group (NCCL for CUDA, gloo otherwise) is created with the
     ``FASTASD_DIST_TIMEOUT`` timeout unless the caller already created one (then it is used
     as is and left open)."""
