@@ -6,8 +6,10 @@ fitted on random embeddings (:func:`bench_archive.random_detector`). It is expor
 :func:`fastasd.export.export_onnx` (timed), then the same batch of ``--batch`` clips already in
 memory is scored ``--rounds`` times by each, alternating:
 
-* **pytorch**: ``Detector.score_waveforms`` as ``fastasd score MODEL`` runs it (the network fused
-  for inference, fastasd's native operators), ``torch.set_num_threads(--threads)``;
+* **pytorch**: ``Detector.score_waveforms`` as ``fastasd score MODEL --precision float32`` runs it
+  (the network fused for inference, fastasd's native operators), ``torch.set_num_threads(--threads)``;
+* **pytorch-bf16**: the same with ``precision="bfloat16"`` (the fused network's convolutions in
+  bfloat16), what ``--precision auto`` runs on a CPU with bfloat16 units that gain;
 * **onnxruntime**: :class:`fastasd.export.OnnxDetector` (CPU provider, ``intra_op_num_threads =
   --threads``), as ``fastasd score --onnx`` runs it.
 
@@ -37,6 +39,7 @@ from bench_archive import device_name, random_detector  # noqa: E402
 from run import short_commit  # noqa: E402
 
 from fastasd._io import atomic_write_json, atomic_write_text  # noqa: E402
+from fastasd.precision import cpu_description  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,7 +59,8 @@ def measure(seconds: float, batch: int, rounds: int, threads: int) -> dict:
     x = (0.1 * rng.standard_normal((batch, det.num_samples))).astype(np.float32)
     xt = torch.from_numpy(x)
     mts, secs = ["bench"] * batch, ["00"] * batch
-    runs = {"pytorch": lambda: det.score_waveforms(xt, mts, secs)[0],
+    runs = {"pytorch": lambda: det.score_waveforms(xt, mts, secs, precision="float32")[0],
+            "pytorch-bf16": lambda: det.score_waveforms(xt, mts, secs, precision="bfloat16")[0],
             "onnxruntime": lambda: onnx_det.score_waveforms(x, mts, secs)[0]}
     out = {name: fn() for name, fn in runs.items()}  # warm-up (and the fused module is built)
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -72,6 +76,7 @@ def measure(seconds: float, batch: int, rounds: int, threads: int) -> dict:
         med = statistics.median(ts)
         result[name] = {"median_seconds": med, "clips_per_s": batch / med, "seconds": ts}
     result["onnx_vs_pytorch"] = result["onnxruntime"]["clips_per_s"] / result["pytorch"]["clips_per_s"]
+    result["onnx_vs_pytorch_bf16"] = result["onnxruntime"]["clips_per_s"] / result["pytorch-bf16"]["clips_per_s"]
     return result
 
 
@@ -92,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
               "device_name": device_name(torch.device("cpu")), "threads": args.threads,
               "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "commit": commit,
               "model": "paper network (Config(clip_seconds=s)), random weights, 1 member, cosine backend",
+              "cpu": cpu_description(),
               "cases": cases}
     RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / f"onnx_{args.tag}.json", result)
@@ -99,11 +105,15 @@ def main(argv: list[str] | None = None) -> int:
              f"`{result['command']}`; commit {commit}, torch {torch.__version__}, onnxruntime "
              f"{onnxruntime.__version__}, {args.threads} threads each. {result['model']}; the same batch "
              "of clips in memory (no decoding), medians of the rounds.", "",
-             "| clip | batch | PyTorch clips/s | onnxruntime clips/s | ONNX / PyTorch | max abs score diff | export s |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+             f"CPU flags: {' '.join(result['cpu']['key_flags'])}.", "",
+             "| clip | batch | PyTorch clips/s | PyTorch bfloat16 clips/s | onnxruntime clips/s | ONNX / PyTorch "
+             "| ONNX / PyTorch bf16 | max abs score diff (ONNX vs PyTorch float32) | export s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in cases:
         lines.append(f"| {c['clip_seconds']:g} s | {c['batch']} | {c['pytorch']['clips_per_s']:.1f} | "
+                     f"{c['pytorch-bf16']['clips_per_s']:.1f} | "
                      f"{c['onnxruntime']['clips_per_s']:.1f} | {c['onnx_vs_pytorch']:.2f}x | "
+                     f"{c['onnx_vs_pytorch_bf16']:.2f}x | "
                      f"{c['max_abs_score_diff']:.2g} | {c['export_seconds']:.1f} |")
     atomic_write_text(RESULTS / f"onnx_{args.tag}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

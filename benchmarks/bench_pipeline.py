@@ -12,6 +12,13 @@
   embeds with the network fused for inference (``Detector.inference_model``, fastasd/inference.py);
   the reference, under ``FASTASD_BACKEND=reference``, with the plain ``EmbeddingNet``.
 
+Providers, with the precision as an axis: ``reference-eager`` (float32, plain network and
+reference operators), ``ours`` (float32: fused network for scoring), ``ours-bf16`` (bfloat16:
+the fused network's convolutions in bfloat16 for scoring, ``precision="bfloat16"``; bfloat16
+autocast with channels-last weights for training, as ``mixed_precision`` does on CPU). Each row
+records its network FLOPs (convolutions and matmuls, ``torch.utils.flop_counter``) so that
+run.py can set a compute floor from the float32 or the bfloat16 matmul ceiling.
+
 The synthetic sets are band-limited noise written as 16-bit PCM WAV with DCASE 2022 names
 (decoding cost does not depend on the content). Each provider is checked on a small call first:
 ours must run a native kernel (else skipped), the reference none (else failed).
@@ -22,8 +29,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness import (OURS, REF_EAGER, Policy, check_pipeline_provider, clone_module, describe_case,
-                     for_op, make_generator, ops_provider)
+from harness import (OURS, OURS_BF16, REF_EAGER, Policy, check_pipeline_provider, clone_module,
+                     describe_case, for_op, make_generator, ops_provider)
 from sizes import CLIP_SAMPLES, N_CLASSES, N_SUB, PIPELINE_CASES
 
 CASES = PIPELINE_CASES
@@ -38,7 +45,34 @@ DATASETS = {
 
 
 def providers(device: str) -> list[str]:
-    return [REF_EAGER, OURS]
+    return [REF_EAGER, OURS, OURS_BF16]
+
+
+def precision_of(provider: str) -> str:
+    return "bfloat16" if provider == OURS_BF16 else "float32"
+
+
+_FLOPS: dict = {}
+
+
+def network_flops(train: bool) -> float:
+    """Convolution and matmul FLOPs per 10-s clip of the paper's network: a forward in eval
+    mode (scoring) or a forward + backward (a training step; the loss's matmul not counted)."""
+    if train not in _FLOPS:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from fastasd.model import EmbeddingNet
+
+        model = EmbeddingNet(_paper_config(torch.device("cpu"))).train(train)
+        x = torch.rand(2, CLIP_SAMPLES, generator=torch.Generator().manual_seed(0)) * 0.1
+        with FlopCounterMode(display=False) as counter:
+            if train:
+                model(x).sum().backward()
+            else:
+                with torch.no_grad():
+                    model(x)
+        _FLOPS[train] = counter.get_total_flops() / 2
+    return _FLOPS[train]
 
 
 def pipeline_policy(op: str, device: torch.device, quick: bool) -> Policy:
@@ -120,9 +154,13 @@ def test_train_step(case, provider, device, quick, runner, benchmark):
 
     cfg = _paper_config(device)
     B = case.params["B"]
-    describe_case(benchmark, case, provider, items_per_call=B, items="clips")
+    bf16 = provider == OURS_BF16
+    describe_case(benchmark, case, provider, items_per_call=B, items="clips",
+                  precision=precision_of(provider), flops=B * network_flops(True))
     torch.manual_seed(0)
     model = EmbeddingNet(cfg).to(device)
+    if bf16 and device.type == "cpu":  # as train_model with mixed_precision on CPU
+        model.to(memory_format=torch.channels_last)
     loss_mod = SubclusterAdaCos(model.embedding_dim, N_CLASSES, N_SUB,
                                 generator=torch.Generator().manual_seed(1)).to(device)
     params = list(model.parameters()) + [p for p in loss_mod.parameters() if p.requires_grad]
@@ -135,9 +173,11 @@ def test_train_step(case, provider, device, quick, runner, benchmark):
     model.train()
     loss_mod.train()
 
-    def step(w, y):  # the body of train_model's loop (float32, no autocast)
+    def step(w, y):  # the body of train_model's loop (bfloat16 autocast for ours-bf16 only)
         w, y = mixup(w, y, mix_gen, label_rule=cfg.mixup_label)
-        loss = loss_mod(model(w).float(), y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            emb = model(w)
+        loss = loss_mod(emb.float(), y)
         if cfg.l2 > 0:
             loss = loss + cfg.l2 * l2_penalty(model)
         opt.zero_grad(set_to_none=True)
@@ -160,9 +200,16 @@ def test_train_epoch(case, provider, device, quick, runner, benchmark, dataset):
     root = dataset(n)
     clips = discover(root, splits=("train",))
     assert len(clips) == n, f"synthetic set has {len(clips)} training clips, expected {n}"
-    cfg = _paper_config(device).replace(epochs=1)
+    cfg = _paper_config(device).replace(epochs=1, mixed_precision=provider == OURS_BF16)
+    if provider == OURS_BF16 and device.type == "cpu":
+        from fastasd.precision import cpu_prefers_bfloat16
+
+        if not cpu_prefers_bfloat16():
+            pytest.skip("ours-bf16: this CPU computes bfloat16 no faster (fastasd.precision), so "
+                        "train_model trains in float32: it would repeat ours")
     describe_case(benchmark, case, provider, items_per_call=n, items="clips",
-                  batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+                  batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                  precision=precision_of(provider), flops=n * network_flops(True))
     torch.manual_seed(0)
     probe_model = EmbeddingNet(cfg).to(device).train()
     probe_loss = SubclusterAdaCos(probe_model.embedding_dim, 8, N_SUB).to(device).train()
@@ -201,8 +248,10 @@ def test_score_wav(case, provider, device, quick, runner, benchmark, dataset):
 
     n = case.params["clips"]
     root = dataset(n)
+    precision = precision_of(provider)
     describe_case(benchmark, case, provider, items_per_call=n, items="clips", batch_size=64,
-                  num_workers=default_num_workers(device.type == "cuda"))
+                  num_workers=default_num_workers(device.type == "cuda"), precision=precision,
+                  flops=n * network_flops(False))
     try:
         det = _detector(root, device)
     except Exception as e:
@@ -211,11 +260,11 @@ def test_score_wav(case, provider, device, quick, runner, benchmark, dataset):
     probe_x = (torch.rand(2, CLIP_SAMPLES, generator=make_generator(torch.device("cpu"), 7)) * 2 - 1) * 0.1
 
     def score():
-        records = score_inputs(det, [str(root)], batch_size=64, progress=False)
+        records = score_inputs(det, [str(root)], batch_size=64, progress=False, precision=precision)
         if len(records) != n:
             raise AssertionError(f"scored {len(records)} clips, expected {n}")
 
     native = check_pipeline_provider(
-        provider, lambda: det.score_waveforms(probe_x, [mt, mt], [sec, sec]), device)
+        provider, lambda: det.score_waveforms(probe_x, [mt, mt], [sec, sec], precision=precision), device)
     benchmark.extra_info.update(native_ops=native)
     runner.run(score, [()], pipeline_policy(case.op, device, quick), cuda_extras=False)

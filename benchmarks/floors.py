@@ -130,9 +130,12 @@ def measure_ceilings(device: str = "cpu", quick: bool = False) -> dict:
     Bandwidth: ``dst.copy_(src)`` of a float32 tensor far larger than the caches (CPU 512 MiB,
     CUDA 2 GiB; quick: a quarter), counting bytes read + bytes written, median of repeats.
     Matmul: ``a @ b`` of ``n x n`` float32 (CPU n=2048, CUDA n=8192), ``2 n^3`` FLOPs, with
-    torch's default float32 matmul precision (recorded: it decides whether TF32 is used).
+    torch's default float32 matmul precision (recorded: it decides whether TF32 is used); and
+    the same matmul in bfloat16 (the ceiling of the bfloat16 providers: AMX or AVX512-BF16 on
+    CPUs that have them, emulated and slower on others).
 
-    Returns a JSON-able dict: ``memory_GBps``, ``matmul_GFLOPps``, and how each was measured.
+    Returns a JSON-able dict: ``memory_GBps``, ``matmul_GFLOPps``, ``matmul_bf16_GFLOPps``, and
+    how each was measured.
     """
     import torch
 
@@ -152,28 +155,33 @@ def measure_ceilings(device: str = "cpu", quick: bool = False) -> dict:
     a = torch.rand(n, n, generator=gen, device=dev) - 0.5  # random, never zeros (METHOD.md)
     b = torch.rand(n, n, generator=gen, device=dev) - 0.5
     t_mm = _median_time(lambda: a @ b, dev, reps, 2)
+    a, b = a.bfloat16(), b.bfloat16()
+    t_bf = _median_time(lambda: a @ b, dev, reps, 2)
     del a, b
     if cuda:
         torch.cuda.empty_cache()
     return {
         "memory_GBps": 2 * copy_bytes / t_copy / 1e9,
         "matmul_GFLOPps": 2 * n**3 / t_mm / 1e9,
+        "matmul_bf16_GFLOPps": 2 * n**3 / t_bf / 1e9,
         "memory_method": f"median of {reps} copies of {copy_bytes >> 20} MiB float32 (read + write counted)",
         "matmul_method": f"median of {reps} float32 matmuls {n}x{n}x{n} (2n^3 FLOPs)",
+        "matmul_bf16_method": f"median of {reps} bfloat16 matmuls {n}x{n}x{n} (2n^3 FLOPs)",
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else None,
         "threads": torch.get_num_threads(),
     }
 
 
-def floor_entry(cost: Cost, ceilings: dict, median_s: float | None) -> dict:
+def floor_entry(cost: Cost, ceilings: dict, median_s: float | None, bf16: bool = False) -> dict:
     """Floor numbers of one measured case: achieved GB/s and GFLOP/s, the floor time, which
     ceiling bounds it, ``x_floor`` (median / floor, 1 = at the floor) and ``floor_fraction``
-    (floor / median)."""
+    (floor / median). ``bf16``: the compute floor from the bfloat16 matmul ceiling."""
     out = {"bytes": cost.bytes, "flops": cost.flops}
     if not ceilings:
         return out
-    floor, bound = cost.floor_s(ceilings["memory_GBps"] * 1e9, ceilings["matmul_GFLOPps"] * 1e9)
+    rate = ceilings["matmul_bf16_GFLOPps"] if bf16 and "matmul_bf16_GFLOPps" in ceilings else ceilings["matmul_GFLOPps"]
+    floor, bound = cost.floor_s(ceilings["memory_GBps"] * 1e9, rate * 1e9)
     out.update(floor_s=floor, bound=bound)
     if median_s:
         out.update(achieved_GBps=cost.bytes / median_s / 1e9, achieved_GFLOPps=cost.flops / median_s / 1e9,

@@ -121,11 +121,19 @@ def device_info(device: str) -> dict:
                 "capability": ".".join(map(str, torch.cuda.get_device_capability(i))),
                 "memory_GiB": round(props.total_memory / 2**30, 1),
                 "multiprocessors": props.multi_processor_count,
-                "host_cpu": cpu_model(), "host_cores": cpu_cores()}
+                "host_cpu": cpu_model(), "host_cores": cpu_cores(), "host_cpu_flags": _host_flags()}
+    from fastasd.precision import cpu_description
+
     cores = cpu_cores()
     model = cpu_model()
     return {"type": "cpu", "name": f"cpu-{slug(model)}-{cores}cores", "description": model,
-            "cores": cores, "torch_threads": torch.get_num_threads()}
+            "cores": cores, "torch_threads": torch.get_num_threads(), "cpu": cpu_description()}
+
+
+def _host_flags() -> dict:
+    from fastasd.precision import cpu_description
+
+    return cpu_description()
 
 
 def _git(*args: str) -> str | None:
@@ -186,7 +194,7 @@ def _get(d: dict, dotted: str):
 
 def build_rows(bench_json: dict, outcomes: list[dict], ceilings: dict | None) -> list[dict]:
     """One row per (case, provider): outcome, stats, speedups and floors."""
-    from floors import floor_entry
+    from floors import Cost, floor_entry
     from sizes import CASES_BY_NAME
 
     stats_by_node = {b["fullname"]: b for b in bench_json.get("benchmarks", [])}
@@ -204,7 +212,7 @@ def build_rows(bench_json: dict, outcomes: list[dict], ceilings: dict | None) ->
             for k in ("params", "first_call_s", "warmup_rounds", "input_sets", "threads", "native_ops",
                       "check_rel_error", "gpu_event_median_s", "cuda_graph_median_s",
                       "cuda_graph_calls_per_replay", "cuda_graph_error", "items_per_call", "items",
-                      "batch_size", "num_workers", "query_order"):
+                      "batch_size", "num_workers", "query_order", "precision", "flops"):
                 if k in extra:
                     row[k] = extra[k]
             if row.get("items_per_call"):
@@ -214,10 +222,12 @@ def build_rows(bench_json: dict, outcomes: list[dict], ceilings: dict | None) ->
                 row["gpu_time_s"] = gpu
         case = CASES_BY_NAME.get(oc["case"])
         cost = case.cost() if case is not None else None
+        if cost is None and row.get("flops"):  # pipeline cases: the network's FLOPs, no byte floor
+            cost = Cost(bytes=0.0, flops=row["flops"])
         if cost is not None:
             # On CUDA the floor compares with the GPU time when measured (no host sync overhead).
             t = row.get("gpu_time_s") or row.get("median_s")
-            row.update(floor_entry(cost, ceilings or {}, t))
+            row.update(floor_entry(cost, ceilings or {}, t, bf16=row.get("precision") == "bfloat16"))
             if "gpu_time_s" in row:
                 row["floor_basis"] = "gpu_time_s"
             elif "median_s" in row:
@@ -233,6 +243,8 @@ def build_rows(bench_json: dict, outcomes: list[dict], ceilings: dict | None) ->
                 continue
             r["speedup_vs"] = {base: provs[base]["median_s"] / r["median_s"]
                                for base in BASELINES if base in provs and "median_s" in provs[base]}
+            if r["provider"] == "ours-bf16" and "median_s" in provs.get("ours", {}):
+                r["speedup_vs"]["ours"] = provs["ours"]["median_s"] / r["median_s"]
             gpu_base = {base: provs[base]["gpu_time_s"] / r["gpu_time_s"]
                         for base in BASELINES if base in provs and provs[base].get("gpu_time_s")
                         and r.get("gpu_time_s")}
@@ -318,11 +330,21 @@ def render_md(res: dict) -> str:
     if ceil:
         L.append(f"- Ceilings (measured now): memory {ceil['memory_GBps']:.1f} GB/s ({ceil['memory_method']}); "
                  f"float32 matmul {ceil['matmul_GFLOPps']:.1f} GFLOP/s ({ceil['matmul_method']}, "
-                 f"precision '{ceil['float32_matmul_precision']}')")
+                 f"precision '{ceil['float32_matmul_precision']}')"
+                 + (f"; bfloat16 matmul {ceil['matmul_bf16_GFLOPps']:.1f} GFLOP/s"
+                    if ceil.get("matmul_bf16_GFLOPps") else ""))
+    cpu = dev.get("cpu") or dev.get("host_cpu_flags")
+    if cpu:
+        L.append(f"- CPU flags: {' '.join(cpu['key_flags']) or '(none of note)'}; bfloat16 units: "
+                 f"{', '.join(k for k, v in cpu['bf16_units'].items() if v) or 'none'}; `--precision auto` "
+                 f"chooses {cpu['auto_precision']} here (fastasd.precision); every flag is in the .json")
     L += ["", "Speedup columns: baseline median / this median (> 1 = faster than the baseline). "
           "x floor: time / floor, floor = max(bytes / memory ceiling, FLOPs / matmul ceiling) "
           "(1.00x = at the floor; below 1.00x the measured ceiling is too low, e.g. a busy machine; "
-          "formulas in benchmarks/NOTES.md)"
+          "formulas in benchmarks/NOTES.md). Pipeline rows (training step, epoch, scoring): the "
+          "floor is the network's convolution and matmul FLOPs at the matmul ceiling of the row's "
+          "precision (bfloat16 for `ours-bf16`, float32 otherwise); `vs ours (f32)`: the bfloat16 "
+          "row against ours in float32"
           + ("; on CUDA the floor and GB/s use the GPU time (graph replay if captured, else events)."
              if dev["type"] == "cuda" else "."), ""]
 
@@ -346,11 +368,13 @@ def render_md(res: dict) -> str:
             continue
         pipeline = op in ("train_step", "train_epoch", "score_wav")
         head = ["case", "provider", "median", "IQR", "rounds", "vs eager"] + ([] if pipeline else ["vs compiled"])
+        if any(r["provider"] == "ours-bf16" for r in measured):
+            head.append("vs ours (f32)")
         if any(r["provider"] == "matmul+max-compiled" for r in rows if r["op"] == op):
             head.append("vs matmul+max")
         if cuda and not pipeline:
             head += ["GPU time", "vs eager (GPU)", "vs compiled (GPU)"]
-        head += ["clips/s"] if pipeline else ["GB/s", "GFLOP/s", "x floor (bound)"]
+        head += ["clips/s", "GFLOP/s", "x floor"] if pipeline else ["GB/s", "GFLOP/s", "x floor (bound)"]
         head.append("first call")
         L += ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 2 else "---:" for i in range(len(head))) + "|"]
         for r in measured:
@@ -359,14 +383,17 @@ def render_md(res: dict) -> str:
                      fmt_time(r["iqr_s"]), str(r["rounds"]), _x(sv.get("reference-eager"))]
             if not pipeline:
                 cells.append(_x(sv.get("reference-compiled")))
+            if "vs ours (f32)" in head:
+                cells.append(_x(sv.get("ours")))
             if "vs matmul+max" in head:
                 cells.append(_x(sv.get("matmul+max-compiled")))
             if cuda and not pipeline:
                 gv = r.get("gpu_speedup_vs", {})
                 cells += [fmt_time(r.get("gpu_time_s")), _x(gv.get("reference-eager")),
                           _x(gv.get("reference-compiled"))]
-            if pipeline:
-                cells.append(_num(r.get("items_per_s")))
+            if pipeline:  # floor: the network's FLOPs at the matmul ceiling of the row's precision
+                cells += [_num(r.get("items_per_s")), _num(r.get("achieved_GFLOPps")),
+                          f"{r['x_floor']:.2f}x" if r.get("x_floor") else "-"]
             else:
                 fl = f"{r['x_floor']:.2f}x ({r['bound']})" if r.get("x_floor") else "-"
                 cells += [_num(r.get("achieved_GBps")), _num(r.get("achieved_GFLOPps")), fl]

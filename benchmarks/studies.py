@@ -45,6 +45,12 @@ seed + members - 1, the scores summed), each trained with the base preset's full
 
     python benchmarks/studies.py ensemble --members 5
 
+``labels``: the auxiliary classes (``aux_classes``), FeatEx and AdaProj in three label regimes
+(full labels, DCASE 2023-like, no metadata) with the paper's and the balanced backend; see
+``benchmarks/labels_study.py``::
+
+    python benchmarks/studies.py labels --profile --seeds-of adaproj:0 --seeds-of featex+adaproj:0
+
 Results: ``benchmarks/results/<study>_<tag>.json`` and ``.md`` (``--tag``, default ``cpu``), and
 the markdown table on stdout. The simple baseline's (``fastasd.baseline``) official score on the
 same data is reported beside the model's when that module is available.
@@ -606,13 +612,21 @@ def ensemble_markdown(out: dict) -> str:
 # --------------------------------------------------------------------------- CLI
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("study", choices=("steps", "table7", "ensemble", "backends"))
+    p.add_argument("study", choices=("steps", "table7", "ensemble", "backends", "labels"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
     p.add_argument("--tag", default="cpu", help="file name suffix (results/<study>_<tag>.json|md)")
     p.add_argument("--data", default=None, help="synthetic data folder (generated if needed)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic set")
     p.add_argument("--seed", type=int, default=0, help="training seed (steps study)")
-    p.add_argument("--seeds", default="0,1", help="training seeds (table7)")
+    p.add_argument("--seeds", default=None, help="training seeds (table7: 0,1; labels: 0,1,2)")
+    p.add_argument("--aux-seeds", default="0", help="labels study: seeds of the aux_classes variants")
+    p.add_argument("--seeds-of", action="append", metavar="NAME:SEEDS",
+                   help="labels study: the seeds of one variant, e.g. adaproj:0 (repeatable)")
+    p.add_argument("--regimes", default="full,dcase2023,nometa", help="labels study: label regimes")
+    p.add_argument("--variants", default=None, help="labels study: the training variants of this call (default all)")
+    p.add_argument("--runs", default="/tmp/fastasd_studies/labels_runs",
+                   help="labels study: folder of the cached trainings (one JSON each)")
+    p.add_argument("--profile", action="store_true", help="labels study: time the loss's share of a step")
     p.add_argument("--preset", default="demo", help="base config preset (training settings)")
     p.add_argument("--set", default="", help="extra config overrides k=v,k=v on the base preset")
     p.add_argument("--steps", default=None, help="steps: comma list of evaluation steps; table7: one budget")
@@ -649,12 +663,15 @@ def main(argv=None) -> int:
         out = run_backends(args)
         out["total_seconds"] = time.perf_counter() - t
         return _write(args, "backends", out)
-    if args.study in ("steps", "ensemble"):  # the demo's set (fastasd.cli.demo.DEMO_SYNTH)
+    if args.study in ("steps", "ensemble", "labels"):  # the demo's set (fastasd.cli.demo.DEMO_SYNTH)
         defaults = dict(machine_types="fan,pump,gearbox,valve", sections=2, train_source=200,
                         train_target=10, test=40, clip_seconds=2.0, steps="50,100,250,500,1000")
+        if args.study == "labels":  # the demo's 10 epochs; 3 seeds
+            defaults.update(steps="270", seeds="0,1,2")
     else:  # a larger set
         defaults = dict(machine_types="fan,pump,gearbox,valve,slider,ToyCar", sections=3,
-                        train_source=100, train_target=10, test=60, clip_seconds=2.0, steps="400")
+                        train_source=100, train_target=10, test=60, clip_seconds=2.0, steps="400",
+                        seeds="0,1")
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -663,7 +680,11 @@ def main(argv=None) -> int:
     if args.data is None:
         args.data = f"/tmp/fastasd_studies/{args.study}_data_{args.data_seed}"
     t = time.perf_counter()
-    out = {"steps": run_steps, "table7": run_table7, "ensemble": run_ensemble}[args.study](args)
+    if args.study == "labels":
+        from labels_study import run_labels as study
+    else:
+        study = {"steps": run_steps, "table7": run_table7, "ensemble": run_ensemble}[args.study]
+    out = study(args)
     out["total_seconds"] = time.perf_counter() - t
     return _write(args, args.study, out)
 

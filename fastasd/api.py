@@ -77,13 +77,16 @@ class Detector:
         thresholds: ``{"machine_type/section": threshold}`` for the summed score.
         sample_rate, num_samples: what the networks take (Hz; samples per clip).
         device: where the networks run.
+        precision: what the networks compute in when scoring: ``"auto"`` (the default: bfloat16
+            on a CPU that computes it faster, :mod:`fastasd.precision`; else float32),
+            ``"float32"`` or ``"bfloat16"``. Settable; every scoring call can override it.
         known_sections: ``{(machine_type, section)}`` the backends were fitted on.
         info: training metadata (clip counts, per-member history, seconds).
     """
 
     def __init__(self, config: Config, models: Sequence[torch.nn.Module], encoder, backends: Sequence,
                  thresholds: dict[str, float], info: dict | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, precision: str = "auto"):
         if len(models) != len(backends) or not models:
             raise ValueError(f"Detector: need one backend per model, got {len(models)} models and "
                              f"{len(backends)} backends")
@@ -104,8 +107,12 @@ class Detector:
             raise ValueError(f"Detector: no threshold for section(s) {missing}")
         self.known_sections = {tuple(k.split("/", 1)) for k in keys}
         self.device = torch.device("cpu")
-        # member -> (weights fingerprint, inference module): see inference_model()
-        self._inference_cache: dict[int, tuple] = {}
+        # The folder it was loaded from or saved to, and its files' SHA-256 (see identity()).
+        self.path: str | None = None
+        self._file_digests: dict[str, str] | None = None
+        # (member, compute dtype) -> (weights fingerprint, inference module): see inference_model()
+        self._inference_cache: dict[tuple, tuple] = {}
+        self.precision = precision
         for m in self.models:
             m.eval()
         self.to(_default_device() if device is None else device)
@@ -125,6 +132,32 @@ class Detector:
         return self
 
     @property
+    def precision(self) -> str:
+        """The default precision of scoring: ``"auto"``, ``"float32"`` or ``"bfloat16"``."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        from fastasd.precision import check_precision
+
+        self._precision = check_precision(value, "Detector.precision")
+
+    def compute_dtype(self, precision: str | None = None, bf16: bool | None = None) -> torch.dtype:
+        """The dtype the networks compute in on this detector's device: for ``precision`` if
+        given, else ``bf16`` (True: bfloat16, False: float32) if given, else :attr:`precision`.
+        ``auto`` is resolved by :func:`fastasd.precision.resolve_precision` (the machine), and is
+        float32 for backends where bfloat16 failed or skipped the accuracy check
+        (:func:`fastasd.precision.auto_allows_bfloat16`: local-density scores, the GMM)."""
+        from fastasd.precision import auto_allows_bfloat16, resolve_precision
+
+        if precision is None:
+            precision = self.precision if bf16 is None else ("bfloat16" if bf16 else "float32")
+        if precision == "auto" and not auto_allows_bfloat16(self.config.backend,
+                                                            self.config.score_normalization):
+            precision = "float32"
+        return resolve_precision(precision, self.device)
+
+    @property
     def ensemble_size(self) -> int:
         """Number of ensemble members."""
         return len(self.models)
@@ -142,8 +175,9 @@ class Detector:
         # contiguous: a cropped view is strided, and the native stft_magnitude wants contiguous rows
         return x.to(self.device, dtype=torch.float32, non_blocking=True).contiguous()
 
-    def inference_model(self, member: int = 0) -> torch.nn.Module:
-        """The module that embeds for ensemble member ``member`` when scoring.
+    def inference_model(self, member: int = 0, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        """The module that embeds for ensemble member ``member`` when scoring, computing in
+        ``dtype`` (default: :meth:`compute_dtype`).
 
         With the native/auto backend this is the member's network fused for inference
         (:func:`fastasd.inference.fuse_for_inference`: BatchNorms folded, faster on CPU, the same
@@ -152,32 +186,41 @@ class Detector:
         (they are compared by :func:`fastasd.inference.weights_fingerprint` at every call). It is
         the plain network itself with ``FASTASD_BACKEND=reference`` (the reference system stays
         pure PyTorch end to end), with ``FASTASD_FUSED_INFERENCE=0``, and while the network is in
-        training mode (the fused module only knows eval statistics).
+        training mode (the fused module only knows eval statistics). In bfloat16 the fused
+        module holds its convolution weights converted once (one cached module per dtype); the
+        plain network computes in float32 and :meth:`embed_waveforms` runs it under autocast.
         """
         from fastasd.inference import fused_enabled, inference_module, weights_fingerprint
 
         model = self.models[member]
         if model.training or not fused_enabled():
             return model
+        dtype = self.compute_dtype() if dtype is None else dtype
         cache = self._inference_cache
         fingerprint = weights_fingerprint(model)
-        hit = cache.get(member)
+        hit = cache.get((member, dtype))
         if hit is not None and fingerprint is not None and hit[0] == fingerprint:
             return hit[1]
-        module = inference_module(model)
+        module = inference_module(model, dtype)
         if fingerprint is not None:  # None: weights without version counters, never cached
-            cache[member] = (fingerprint, module)
+            cache[(member, dtype)] = (fingerprint, module)
         return module
 
     @torch.inference_mode()
-    def embed_waveforms(self, waveforms: torch.Tensor, *, member: int = 0, bf16: bool = False) -> torch.Tensor:
+    def embed_waveforms(self, waveforms: torch.Tensor, *, member: int = 0, bf16: bool | None = None,
+                        precision: str | None = None) -> torch.Tensor:
         """Embeddings ``[B, D]`` (float32, CPU) of waveforms ``[B, N]`` by ensemble member
         ``member`` (eval mode). ``N`` should be ``num_samples``; others are cropped/zero-padded at
-        the end. ``bf16``: bfloat16 autocast (the frontend stays float32). Runs
+        the end. ``precision`` (``"auto"``, ``"float32"``, ``"bfloat16"``; default
+        :attr:`precision`), or the older ``bf16`` (True: ``"bfloat16"``, False: ``"float32"``):
+        see :meth:`compute_dtype`. The frontend always computes in float32. Runs
         :meth:`inference_model` (the fused network unless the reference backend is selected)."""
         x = self._prepare(waveforms)
-        model = self.inference_model(member)
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
+        dtype = self.compute_dtype(precision, bf16)
+        model = self.inference_model(member, dtype)
+        # the fused module computes in its own dtype; the plain network needs autocast for bf16
+        autocast = getattr(model, "compute_dtype", torch.float32) != dtype
+        with torch.autocast(device_type=self.device.type, dtype=dtype, enabled=autocast):
             emb = model(x)
         return emb.float().cpu()
 
@@ -193,13 +236,15 @@ class Detector:
 
     @torch.inference_mode()
     def score_waveforms(self, waveforms: torch.Tensor, machine_types: Sequence[str],
-                        sections: Sequence[str], *, bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                        sections: Sequence[str], *, bf16: bool | None = None,
+                        precision: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly scores and decisions of a batch of clips.
 
         Args:
             waveforms: ``[B, N]`` float (any device), mono at ``sample_rate``.
             machine_types, sections: per clip (sections as in the names, e.g. ``"00"``).
-            bf16: bfloat16 autocast for the networks.
+            precision, bf16: what the networks compute in (:meth:`compute_dtype`; default
+                :attr:`precision`). The backends always compute in float32 and float64.
 
         Returns:
             ``(scores float64 [B], decisions int64 [B])``: the sum of the members' scores (higher
@@ -214,7 +259,7 @@ class Detector:
             raise ValueError(f"waveforms has {x.shape[0]} rows but {len(keys)} sections were given")
         total = np.zeros(len(keys), dtype=np.float64)
         for i, backend in enumerate(self.backends):
-            emb = self.embed_waveforms(x, member=i, bf16=bf16)
+            emb = self.embed_waveforms(x, member=i, bf16=bf16, precision=precision)
             total += backend.score_samples(emb.numpy(), keys)
         thr = np.array([self.thresholds[k] for k in keys], dtype=np.float64)
         return total, (total > thr).astype(np.int64)
@@ -285,14 +330,21 @@ class Detector:
         return det
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the detector to folder ``path`` (created if needed): JSON + safetensors only,
-        every file written atomically, the manifest (with SHA-256 of each file) last."""
+    def identity(self) -> dict:
+        """``{"path", "sha256"}``: the folder this detector was loaded from or saved to (``""``
+        if neither) and one SHA-256 over its saved files' SHA-256s (those of the manifest; for a
+        detector never saved, of the files :meth:`save` would write). A scoring run records it
+        in ``run.json`` and refuses to resume with another model."""
+        if self._file_digests is None:
+            self._file_digests = {name: hashlib.sha256(data).hexdigest() for name, data in self._files().items()}
+        listing = "".join(f"{name}\t{digest}\n" for name, digest in sorted(self._file_digests.items()))
+        return {"path": self.path or "", "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+
+    def _files(self) -> dict[str, bytes]:
+        """The files of a saved model (but the manifest): name -> bytes."""
         from safetensors.numpy import save as np_save
         from safetensors.torch import save as torch_save
 
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
         files: dict[str, bytes] = {
             "config.json": _json_bytes(self.config.to_dict()),
             "encoder.json": _json_bytes(self.encoder.to_dict()),
@@ -305,6 +357,14 @@ class Detector:
             files[f"backend_{i}.safetensors"] = np_save(
                 {k: np.ascontiguousarray(v) for k, v in arrays.items()})
             files[f"backend_{i}.json"] = _json_bytes(meta)
+        return files
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the detector to folder ``path`` (created if needed): JSON + safetensors only,
+        every file written atomically, the manifest (with SHA-256 of each file) last."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        files = self._files()
         for name, data in files.items():
             atomic_write_bytes(out / name, data)
         manifest = {
@@ -321,6 +381,7 @@ class Detector:
             "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
         }
         atomic_write_json(out / MANIFEST, manifest)
+        self.path, self._file_digests = str(out), dict(manifest["files"])
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "Detector":
@@ -328,7 +389,10 @@ class Detector:
 
         Raises:
             FileNotFoundError: naming the folder or the missing file.
-            ValueError: naming the file that is corrupt or does not match the manifest.
+            ValueError: naming the file that is corrupt, does not match the manifest, or holds
+                a value that is not a finite number where scores are computed from it
+                (weights, references, mixtures, thresholds): such a model would score every
+                clip NaN.
         """
         from safetensors.numpy import load as np_load
         from safetensors.torch import load as torch_load
@@ -375,7 +439,8 @@ class Detector:
             encoder = ClassEncoder.from_dict(_read_json(root / "encoder.json", blobs["encoder.json"]))
         except ValueError as e:
             raise ValueError(f"{root / 'encoder.json'}: {e}") from e
-        thresholds = _read_json(root / "thresholds.json", blobs["thresholds.json"])
+        thresholds = _check_thresholds(root / "thresholds.json",
+                                       _read_json(root / "thresholds.json", blobs["thresholds.json"]))
         models, backends = [], []
         for i in range(n):
             name = f"model_{i}.safetensors"
@@ -385,6 +450,7 @@ class Detector:
                 model.load_state_dict(state, strict=True)
             except Exception as e:
                 raise ValueError(f"{root / name}: cannot load the weights ({e})") from e
+            _check_finite(root / name, state)
             models.append(model)
             name = f"backend_{i}.safetensors"
             try:
@@ -393,7 +459,11 @@ class Detector:
                 backends.append(backend_from_state(arrays, meta))
             except Exception as e:
                 raise ValueError(f"{root / name}: cannot load the backend ({e})") from e
-        return cls(config, models, encoder, backends, thresholds, info=manifest.get("info"), device=device)
+            # ref_density may hold NaN by design (a reference without neighbours keeps the plain distance)
+            _check_finite(root / name, {k: v for k, v in arrays.items() if k != "ref_density"})
+        det = cls(config, models, encoder, backends, thresholds, info=manifest.get("info"), device=device)
+        det.path, det._file_digests = str(root), {k: str(v) for k, v in digests.items()}
+        return det
 
 
 # ---------------------------------------------------------------------- helpers
@@ -407,6 +477,31 @@ def _json_bytes(obj) -> bytes:
 
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _check_thresholds(path: Path, thresholds) -> dict:
+    """``thresholds.json``: an object of finite numbers by section, else ValueError naming the file."""
+    if not isinstance(thresholds, dict):
+        raise ValueError(f"{path}: expected an object of thresholds by section "
+                         f"(\"machine_type/section\": number), got a {type(thresholds).__name__}")
+    for key, value in thresholds.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ValueError(f"{path}: the threshold of section {key!r} is not a finite number: {value!r}")
+    return thresholds
+
+
+def _check_finite(path: Path, arrays: dict) -> None:
+    """ValueError naming ``path`` and the array when a floating-point array (numpy or torch)
+    holds NaN or inf."""
+    for key, value in arrays.items():
+        if isinstance(value, torch.Tensor):
+            bad = int((~torch.isfinite(value)).sum()) if value.is_floating_point() else 0
+        else:
+            a = np.asarray(value)
+            bad = int((~np.isfinite(a)).sum()) if a.dtype.kind in "fc" else 0
+        if bad:
+            raise ValueError(f"{path}: {key} holds {bad} value(s) that are not finite numbers (NaN or inf): "
+                             "every score would be NaN; the model is damaged")
 
 
 def _file_bytes(path: Path) -> bytes:
@@ -472,6 +567,10 @@ def train(data_root, out_dir: str | os.PathLike | None = None, config: Config | 
     from fastasd.training.ensemble import train_ensemble
 
     cfg = _as_config(config, overrides)
+    if cfg.clip_seconds == "auto":  # the most common training clip length, saved with the model
+        from fastasd.training.datacheck import resolve_clip_seconds
+
+        cfg = resolve_clip_seconds(cfg, data_root, ground_truth)
     t0 = time.perf_counter()
 
     def finish(models, encoder, clips, histories, dev, progress):

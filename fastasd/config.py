@@ -29,10 +29,12 @@ __all__ = ["Config", "PRESETS", "BACKEND_FIELDS"]
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, minimum: float | None = None,
-       exclusive_min: bool = False, maximum: float | None = None) -> Any:
-    """A dataclass field with its help text, allowed choices and numeric range in the metadata."""
+       exclusive_min: bool = False, maximum: float | None = None, special: tuple = ()) -> Any:
+    """A dataclass field with its help text, allowed choices and numeric range in the metadata
+    (``special``: words allowed besides numbers, e.g. ``clip_seconds="auto"``)."""
     return field(default=default, metadata={"help": help, "choices": choices, "min": minimum,
-                                            "exclusive_min": exclusive_min, "max": maximum})
+                                            "exclusive_min": exclusive_min, "max": maximum,
+                                            "special": special})
 
 
 @dataclass
@@ -47,8 +49,12 @@ class Config:
     sample_rate: int = _f(16000, "Sample rate in Hz the audio is resampled to.", minimum=1)
     """Sample rate in Hz the audio is resampled to."""
     clip_seconds: float = _f(10.0, "Clip length in seconds (longer clips are cropped, shorter "
-                             "ones zero-padded at the end).", minimum=0.0, exclusive_min=True)
-    """Clip length in seconds fed to the network (crop longer clips, zero-pad shorter ones)."""
+                             "ones zero-padded at the end), or auto: the most common length of "
+                             "the training clips.", minimum=0.0, exclusive_min=True,
+                             special=("auto",))
+    """Clip length in seconds fed to the network (crop longer clips, zero-pad shorter ones), or
+    ``"auto"``: training replaces it by the most common length of the training clips
+    (:func:`fastasd.training.datacheck.resolve_clip_seconds`), so a saved model holds a number."""
     channel: Optional[int] = _f(None, "Audio channel to use; None = average all channels to mono.",
                                 minimum=0)
     """Audio channel to use (0-based); ``None`` averages all channels to mono."""
@@ -103,6 +109,28 @@ class Config:
     mixup_label: str = _f("max", "Mixup label rule: element-wise max of lam*y1 and (1-lam)*y2 "
                           "(author's code) or their sum.", choices=("max", "sum"))
     """Mixup label rule: ``max`` (author's code, not renormalized) or ``sum``."""
+    aux_classes: str = _f("paper", "Meta information that forms the auxiliary classes: machine type, "
+                          "section, attributes and domain (paper); without the attributes; without "
+                          "the domain; or machine type and section only.",
+                          choices=("paper", "no_attributes", "no_domain", "section"))
+    """Which meta information forms the auxiliary classes (:func:`fastasd.data.labels.class_key`):
+    ``paper`` (machine type, section, attribute tail, domain), ``no_attributes``, ``no_domain``
+    or ``section`` (machine type + section). Hide the attributes when the domain shift runs along
+    one of them (e.g. a speed never seen in the source domain)."""
+    loss: str = _f("subcluster_adacos", "Classification loss of the auxiliary task: sub-cluster "
+                   "AdaCos (paper) or AdaProj (cosine to a class's linear subspace; Wilkinghoff, "
+                   "DCASE 2024).", choices=("subcluster_adacos", "adaproj"))
+    """``subcluster_adacos`` (paper) or ``adaproj`` (:class:`fastasd.loss.AdaProj`)."""
+    adaproj_dim: int = _f(32, "Subspace dimension per class of the AdaProj loss.", minimum=1)
+    """Dimension K of each class's subspace (AdaProj only; at most the embedding size)."""
+    featex_prob: float = _f(0.0, "FeatEx feature exchange (Wilkinghoff, ICASSP 2024): the share of "
+                            "training clips whose spectrogram sub-embedding is swapped with their "
+                            "partner's for an extra classifier of original vs exchanged; 0 = off "
+                            "(paper).", minimum=0.0, maximum=1.0)
+    """Probability that a training clip's embedding is exchanged by FeatEx (0 = off, the paper's
+    training). Needs both branches, concatenated. Training only: inference is unchanged."""
+    featex_weight: float = _f(1.0, "Weight of the FeatEx loss added to the main loss.", minimum=0.0)
+    """Weight of the FeatEx classifier's loss in the total loss (the author's code: 1)."""
 
     # --- training --------------------------------------------------------------------------
     epochs: int = _f(10, "Training epochs.", minimum=1)
@@ -121,8 +149,11 @@ class Config:
     """Number of independently trained models; their anomaly scores are summed."""
     seed: int = _f(0, "Random seed (ensemble member i uses seed + i).", minimum=0)
     """Random seed for initialization, shuffling and mixup."""
-    mixed_precision: bool = _f(False, "Train with bfloat16 autocast on GPU.")
-    """Automatic mixed precision for training on a GPU."""
+    mixed_precision: bool = _f(False, "Train with bfloat16 autocast on GPU, and on CPUs where "
+                               "bfloat16 is measured faster (else float32, with a warning).")
+    """Automatic mixed precision (bfloat16 autocast; the loss and the optimizer in float32) on a
+    GPU, or on a CPU with bfloat16 units that :mod:`fastasd.precision` measures faster (there
+    with channels-last weights). Off in every preset: their figures are float32 figures."""
     device: str = _f("auto", "Torch device: auto (CUDA if available), cpu, cuda, cuda:N.")
     """Torch device string; ``auto`` = CUDA when available, else CPU."""
     num_workers: int = _f(0, "DataLoader worker processes for audio loading.", minimum=0)
@@ -176,13 +207,20 @@ class Config:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _validate(f, getattr(self, f.name)))
-        if self.n_fft > self.num_samples and self.representation != "spectrum":
+        if self.featex_prob > 0 and (self.representation != "both" or self.combine != "concatenate"):
+            raise ValueError(f"Config: featex_prob={self.featex_prob} exchanges the two branches' "
+                             f"sub-embeddings; it needs representation='both' and "
+                             f"combine='concatenate' (got {self.representation!r}, {self.combine!r})")
+        if self.clip_seconds != "auto" and self.n_fft > self.num_samples and self.representation != "spectrum":
             raise ValueError(f"Config: clip_seconds={self.clip_seconds} gives {self.num_samples} "
                              f"samples, fewer than n_fft={self.n_fft}")
 
     @property
     def num_samples(self) -> int:
         """Clip length in samples: ``round(clip_seconds * sample_rate)``."""
+        if self.clip_seconds == "auto":
+            raise ValueError("Config: clip_seconds='auto' has no length until training resolves "
+                             "it from the training clips (fastasd.train does)")
         return int(round(self.clip_seconds * self.sample_rate))
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,6 +277,8 @@ class Config:
         t = text.strip()
         if _optional(f) and t.lower() in ("none", "null", ""):
             return None
+        if t.lower() in f.metadata.get("special", ()):
+            return t.lower()
         try:
             if typ is bool:
                 low = t.lower()
@@ -266,6 +306,8 @@ def _optional(f: dataclasses.Field) -> bool:
 def _validate(f: dataclasses.Field, value: Any) -> Any:
     """Check (and lightly coerce: int -> float for float fields) one field value."""
     name, typ, meta = f.name, _base_type(f), f.metadata
+    if isinstance(value, str) and value in meta.get("special", ()):
+        return value
     if value is None:
         if _optional(f):
             return None
@@ -314,6 +356,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {"clip_seconds": 2.0},
     # The paper's training with domain-balanced scores: local-density normalization in the default
     # form of Wilkinghoff et al. (2025): all training clips as references, K = 1, ratio d / rho_j.
+    # FeatEx, AdaProj and other aux_classes stay off: with this backend none gained beyond the
+    # seed spread in any label regime (benchmarks/results/labels_cpu.md).
     "balanced": {"score_normalization": "local_density", "references": "clips"},
 }
 

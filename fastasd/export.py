@@ -343,7 +343,8 @@ def _require(module: str):
         raise ImportError(f"{_MISSING_EXTRA}; {e}") from e
 
 
-def export_onnx(detector, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify: bool = True) -> Path:
+def export_onnx(detector, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET, verify: bool = True,
+                overwrite: bool = False) -> Path:
     """Write ``detector`` (a :class:`~fastasd.api.Detector` or a saved model folder) to ``path``
     as one ONNX graph from waveform and section index to anomaly score and decision (see the
     module docstring for the graph's inputs, outputs and metadata).
@@ -355,12 +356,15 @@ def export_onnx(detector, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET
         verify: score a few clips of several lengths with onnxruntime and with
             :meth:`~fastasd.api.Detector.score_waveforms`, and refuse to write the file unless
             the scores agree within :data:`VERIFY_RTOL`.
+        overwrite: replace an existing file at ``path`` (never one of the model's own files).
 
     Returns:
         the path written.
 
     Raises:
         ValueError: what the graph cannot hold (named member and reason), or a failed check.
+        FileExistsError: ``path`` exists and not ``overwrite``, or is a file of the model.
+        IsADirectoryError: ``path`` is a folder.
         ImportError: without the ``onnx`` extra.
     """
     from fastasd._io import atomic_write_bytes
@@ -368,6 +372,8 @@ def export_onnx(detector, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET
 
     if opset < 17:
         raise ValueError(f"export_onnx: opset {opset} has no DFT operator; use opset >= 17")
+    model_dir = getattr(detector, "path", None) if isinstance(detector, Detector) else detector
+    _check_out_path(Path(path), model_dir, overwrite=overwrite)  # before the minutes of an export
     det = detector if isinstance(detector, Detector) else load(detector, device="cpu")
     onnx = _require("onnx")
     _require("onnxscript")
@@ -402,6 +408,30 @@ def export_onnx(detector, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET
     return out
 
 
+def _check_out_path(out: Path, model_dir, *, overwrite: bool) -> None:
+    """Where the ONNX file may go: not a folder, never a file of the model (its manifest, or a
+    file the manifest lists: the model would no longer load), another existing file only with
+    ``overwrite``."""
+    from fastasd.api import MANIFEST
+
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a folder: give the file to write, e.g. {out / 'detector.onnx'}")
+    if not os.path.lexists(out):
+        return
+    if model_dir is not None and Path(model_dir).is_dir():
+        root = Path(model_dir)
+        own = {MANIFEST}
+        try:
+            own |= set(json.loads((root / MANIFEST).read_text(encoding="utf-8")).get("files", {}))
+        except (OSError, ValueError, AttributeError):
+            pass  # an unreadable manifest: its name alone is protected
+        if any(os.path.realpath(root / name) == os.path.realpath(out) for name in own):
+            raise FileExistsError(f"{out} is a file of the model {root}: writing the export there would destroy "
+                                  "the model; choose another path")
+    if not overwrite:
+        raise FileExistsError(f"{out} exists: pass overwrite=True (--overwrite) to replace it")
+
+
 def _verify(det, data: bytes, sections: list[str]) -> None:
     """Score clips of several lengths both ways; raise if they differ beyond :data:`VERIFY_RTOL`."""
     onnx_det = OnnxDetector(data)
@@ -412,7 +442,8 @@ def _verify(det, data: bytes, sections: list[str]) -> None:
         x = (0.1 * rng.standard_normal((b, length))).astype(np.float32)
         picks = [keys[i % len(keys)] for i in range(b)]
         mts, secs = [k[0] for k in picks], [k[1] for k in picks]
-        want, _ = det.score_waveforms(torch.from_numpy(x), mts, secs)
+        # the graph computes in float32: compare with the detector's float32 scores
+        want, _ = det.score_waveforms(torch.from_numpy(x), mts, secs, precision="float32")
         got, _ = onnx_det.score_waveforms(x, mts, secs)
         err = float(np.max(np.abs(got - want)))
         bound = VERIFY_RTOL * max(1.0, float(np.max(np.abs(want))))

@@ -34,6 +34,13 @@
   2.8 GB, about half its CPU time was system time; fused without chunks: 1.5 GB). With chunks of 8 clips every tensor is reused from the heap and the
   feature maps stay in cache. Everything in eval mode is per clip, so chunking is exact.
 
+- **bfloat16** (``compute_dtype=torch.bfloat16``; ``Detector`` with precision ``bfloat16`` or
+  ``auto`` on a CPU that gains, :mod:`fastasd.precision`): the convolutions' weights are
+  converted once, here, and their feature maps are bfloat16, channels-last from the stem on (the
+  input BN writes its float32 result with channels-last strides); per-channel affine passes
+  use ``F.batch_norm``, the one vectorized bfloat16 kernel for them. The frontend, the input
+  BN's arithmetic and the Linear layers stay float32, and so are the embeddings returned.
+
 What each step gives is in ``benchmarks/NOTES.md`` (tuning log). Results differ from the plain
 network only by float32 rounding (a different order of the same operations); the tests in
 ``tests/test_inference.py`` bound it.
@@ -141,10 +148,15 @@ def _max_pool_3x3s2(x: torch.Tensor) -> torch.Tensor:
     """``F.max_pool2d(x, 3, 2)`` ("valid"), exactly, without the int64 indices that PyTorch's CPU
     max-pool computes even in inference: ``max_pool1d`` (an index-free kernel) along the last
     axis, then the max of three strided row views along time."""
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return F.max_pool2d(x, 3, 2)  # channels-last CPU kernel, vectorized over channels
     b, c, t, f = x.shape
-    y = F.max_pool1d(x.reshape(b * c, t, f), 3, 2).view(b, c, t, -1)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        # channels-last: three strided views along frequency too, each max vectorized over the
+        # channels (1.5x faster than max_pool2d's channels-last kernel, which computes indices)
+        fo = (f - 3) // 2 + 1
+        y = torch.maximum(x[..., 0:2 * fo - 1:2], x[..., 1:2 * fo:2])
+        y = torch.max(y, x[..., 2:2 * fo + 1:2], out=y)
+    else:
+        y = F.max_pool1d(x.reshape(b * c, t, f), 3, 2).view(b, c, t, -1)
     to = (t - 3) // 2 + 1
     out = torch.maximum(y[:, :, 0:2 * to - 1:2], y[:, :, 1:2 * to:2])
     return torch.max(out, y[:, :, 2:2 * to + 1:2], out=out)
@@ -165,6 +177,22 @@ def _max_pool_2x2_ceil(x: torch.Tensor) -> torch.Tensor:
             out.narrow(dim, m, 1).copy_(a.narrow(dim, m, 1))
             x = out
     return x
+
+
+def _reduced(dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` is a 16-bit float (the bfloat16 code path)."""
+    return dtype in (torch.bfloat16, torch.float16)
+
+
+def _channel_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """``scale * x + shift`` per channel (dim 1; ``scale``/``shift`` as :func:`_channel_view`) for
+    bfloat16 feature maps: eval-mode ``F.batch_norm`` with unit statistics is the one CPU kernel
+    that is vectorized for them in channels-last; broadcasting ``addcmul``/``mul_``/``add_`` are
+    4-20x slower there (benchmarks/NOTES.md)."""
+    c = x.shape[1]
+    ones = torch.ones(c, dtype=scale.dtype, device=x.device)
+    return F.batch_norm(x, torch.zeros_like(ones), ones, scale.reshape(c),
+                        None if shift is None else shift.reshape(c), False, 0.0, 0.0)
 
 
 def _channel_view(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -203,22 +231,29 @@ class _FusedBlock(nn.Module):
             return r.add_(sc)
         if self.post_scale is None:
             return r.add_(h)
+        if _reduced(r.dtype):
+            return r.add_(_channel_affine(h, self.post_scale, None))
         return r.addcmul_(h, self.post_scale)
 
 
 class _FusedSpectrogram(nn.Module):
-    def __init__(self, br: SpectrogramBranch, dtype: torch.dtype, channels_last: bool):
+    """``compute``: the dtype of the convolutions and their feature maps; the input BN reads the
+    float32 spectrogram and the final Linear runs in ``dtype`` (the parameters' dtype)."""
+
+    def __init__(self, br: SpectrogramBranch, dtype: torch.dtype, channels_last: bool,
+                 compute: torch.dtype):
         super().__init__()
         self.channels_last = channels_last
+        self.compute = compute
         s, t = _bn_affine(br.input_bn)  # per frequency bin: the last axis of [B, 1, T, F]
         self.register_buffer("in_scale", s.to(dtype))
         self.register_buffer("in_shift", t.to(dtype))
-        self.stem = _same_conv(br.conv, *_bn_affine(br.bn), dtype)  # conv7x7 -> bn folded
+        self.stem = _same_conv(br.conv, *_bn_affine(br.bn), compute)  # conv7x7 -> bn folded
         bn1 = [_bn_affine(b.bn1) for b in br.blocks]
-        self.register_buffer("bn1_scale", _channel_view(bn1[0][0], dtype))
-        self.register_buffer("bn1_shift", _channel_view(bn1[0][1], dtype))
+        self.register_buffer("bn1_scale", _channel_view(bn1[0][0], compute))
+        self.register_buffer("bn1_shift", _channel_view(bn1[0][1], compute))
         self.blocks = nn.ModuleList(
-            _FusedBlock(b, bn1[i + 1] if i + 1 < len(bn1) else None, dtype) for i, b in enumerate(br.blocks))
+            _FusedBlock(b, bn1[i + 1] if i + 1 < len(bn1) else None, compute) for i, b in enumerate(br.blocks))
         # embed(flat_bn(x)) = W (s x + t) + b = (W diag(s)) x + (W t + b)
         s, t = _bn_affine(br.flat_bn)
         w = br.embed.weight.detach().double()
@@ -229,11 +264,22 @@ class _FusedSpectrogram(nn.Module):
         self.register_buffer("embed_bias", b.to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.addcmul(self.in_shift, x, self.in_scale)  # input BN, per frequency bin
+        if not _reduced(self.compute):
+            x = torch.addcmul(self.in_shift, x, self.in_scale)  # input BN, per frequency bin
+        else:
+            # computed in float32, written once in the compute dtype; channels-last strides (the
+            # same bytes for one channel) make the stem's output channels-last, so that the
+            # stem and the max-pool run their channels-last kernels, which in bfloat16 are 1.5x
+            # and 2x faster than the NCHW ones (benchmarks/NOTES.md)
+            fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+            x = torch.addcmul(self.in_shift, x, self.in_scale,
+                              out=torch.empty(x.shape, dtype=self.compute, device=x.device, memory_format=fmt))
         x = self.stem(x)
         # == max_pool(relu(x)): the ReLU runs on a quarter of the elements
         x = F.relu_(_max_pool_3x3s2(x))
-        if self.channels_last:  # block 0's bn1 writes the channels-last copy
+        if _reduced(x.dtype):
+            h = _channel_affine(x, self.bn1_scale, self.bn1_shift)
+        elif self.channels_last:  # block 0's bn1 writes the channels-last copy
             h = torch.empty_like(x, memory_format=torch.channels_last)
             torch.addcmul(self.bn1_shift, x, self.bn1_scale, out=h)
         else:
@@ -241,14 +287,17 @@ class _FusedSpectrogram(nn.Module):
         for block in self.blocks:
             h = block(h)
         x = h.amax(dim=2)  # max over time -> [B, C, F]
-        x = x.transpose(1, 2).flatten(1)  # Keras order (F, C)
+        x = x.transpose(1, 2).flatten(1).to(self.embed_weight.dtype)  # Keras order (F, C)
         return F.linear(x, self.embed_weight, self.embed_bias)
 
 
 class _FusedSpectrum(nn.Module):
-    def __init__(self, br: SpectrumBranch, dtype: torch.dtype):
+    """The convolutions in ``compute``, the dense layers in ``dtype`` (the parameters' dtype)."""
+
+    def __init__(self, br: SpectrumBranch, dtype: torch.dtype, compute: torch.dtype):
         super().__init__()
-        self.convs = nn.ModuleList(_same_conv(c, None, None, dtype) for c in br.convs)
+        self.compute = compute
+        self.convs = nn.ModuleList(_same_conv(c, None, None, compute) for c in br.convs)
         # [Linear -> BN1d -> ReLU] x n: each Linear + BN folded (buffers: nn.Linear would draw
         # random initial weights from the global generator)
         layers = list(br.dense)
@@ -262,10 +311,10 @@ class _FusedSpectrum(nn.Module):
         self.register_buffer("embed_bias", None if br.embed.bias is None else br.embed.bias.detach().to(dtype).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.unsqueeze(1)
+        x = x.to(self.compute).unsqueeze(1)
         for conv in self.convs:
             x = F.relu_(conv(x))
-        x = x.transpose(1, 2).flatten(1)  # Keras order (L, C)
+        x = x.transpose(1, 2).flatten(1).to(self.embed_weight.dtype)  # Keras order (L, C)
         for i in range(self.n_dense):
             x = F.relu_(F.linear(x, getattr(self, f"dense{i}_weight"), getattr(self, f"dense{i}_bias")))
         return F.linear(x, self.embed_weight, self.embed_bias)
@@ -273,12 +322,14 @@ class _FusedSpectrum(nn.Module):
 
 class FusedEmbeddingNet(nn.Module):
     """Eval-only :class:`EmbeddingNet` with folded BatchNorms (see the module docstring): built by
-    :func:`fuse_for_inference`, ``waveforms [B, num_samples] -> [B, embedding_dim]``."""
+    :func:`fuse_for_inference`, ``waveforms [B, num_samples] -> [B, embedding_dim]`` (float32
+    embeddings; the convolutions compute in ``compute_dtype``)."""
 
     def __init__(self, model: EmbeddingNet, channels_last: bool = True,
-                 chunk_bytes: int | None = CHUNK_BYTES):
+                 chunk_bytes: int | None = CHUNK_BYTES, compute_dtype: torch.dtype | None = None):
         super().__init__()
         dtype = _param_dtype(model)
+        self.compute_dtype = dtype if compute_dtype is None else compute_dtype
         self.config = model.config
         self.num_samples = model.num_samples
         self.embedding_dim = model.embedding_dim
@@ -287,9 +338,10 @@ class FusedEmbeddingNet(nn.Module):
         self.frontend = copy.deepcopy(model.frontend)  # no parameters; the log-mel filterbank buffer
         self.spectrogram_branch = self.spectrum_branch = None
         if model.spectrogram_branch is not None:
-            self.spectrogram_branch = _FusedSpectrogram(model.spectrogram_branch, dtype, channels_last)
+            self.spectrogram_branch = _FusedSpectrogram(model.spectrogram_branch, dtype, channels_last,
+                                                        self.compute_dtype)
         if model.spectrum_branch is not None:
-            self.spectrum_branch = _FusedSpectrum(model.spectrum_branch, dtype)
+            self.spectrum_branch = _FusedSpectrum(model.spectrum_branch, dtype, self.compute_dtype)
         self.eval()
 
     def train(self, mode: bool = True) -> "FusedEmbeddingNet":
@@ -350,13 +402,17 @@ def _param_dtype(model: nn.Module) -> torch.dtype:
 
 
 def fuse_for_inference(model: EmbeddingNet, *, channels_last: bool = True,
-                       chunk_bytes: int | None = CHUNK_BYTES) -> FusedEmbeddingNet:
+                       chunk_bytes: int | None = CHUNK_BYTES,
+                       compute_dtype: torch.dtype | None = None) -> FusedEmbeddingNet:
     """An eval-only module computing ``model.eval()(waveforms)`` (up to float rounding) faster.
 
     ``channels_last``: the residual stages in channels-last memory format. ``chunk_bytes``: on
     CPU, run the batch in chunks whose largest feature map stays below this size (None or 0: the
     whole batch at once); every operation is per clip in eval mode, so chunks change nothing but
-    float rounding inside the convolutions.
+    float rounding inside the convolutions. ``compute_dtype`` (default: the parameters' dtype):
+    the dtype of the convolutions, their weights (converted once, here) and their feature maps,
+    e.g. ``torch.bfloat16`` for the CPU's bfloat16 units; the frontend, the input BN's
+    arithmetic, the Linear layers and the returned embeddings keep the parameters' dtype.
 
     The result is a snapshot: later changes to ``model``'s weights or device do not reach it.
     Raises ``NotImplementedError`` for what cannot be folded exactly (a subclass of
@@ -366,7 +422,8 @@ def fuse_for_inference(model: EmbeddingNet, *, channels_last: bool = True,
     if type(model) is not EmbeddingNet:  # a subclass may change forward(): no fusion
         raise NotImplementedError(f"not an EmbeddingNet: {type(model).__name__}")
     with torch.no_grad(), torch.inference_mode(False):  # ordinary tensors, usable anywhere
-        return FusedEmbeddingNet(model, channels_last=channels_last, chunk_bytes=chunk_bytes)
+        return FusedEmbeddingNet(model, channels_last=channels_last, chunk_bytes=chunk_bytes,
+                                 compute_dtype=compute_dtype)
 
 
 def weights_fingerprint(model: nn.Module) -> tuple | None:
@@ -386,12 +443,13 @@ def weights_fingerprint(model: nn.Module) -> tuple | None:
     return tuple(parts)
 
 
-def inference_module(model: nn.Module) -> nn.Module:
-    """The fused module for ``model`` or, where fusion does not apply, ``model`` itself (with the
-    reason logged once). Does not cache and does not read the environment: see
-    :meth:`fastasd.api.Detector.inference_model` for that."""
+def inference_module(model: nn.Module, compute_dtype: torch.dtype | None = None) -> nn.Module:
+    """The fused module for ``model`` (convolutions in ``compute_dtype``, see
+    :func:`fuse_for_inference`) or, where fusion does not apply, ``model`` itself (with the
+    reason logged once; the caller then runs it under autocast for a lower precision). Does not
+    cache and does not read the environment: see :meth:`fastasd.api.Detector.inference_model`."""
     try:
-        return fuse_for_inference(model)  # type: ignore[arg-type]
+        return fuse_for_inference(model, compute_dtype=compute_dtype)  # type: ignore[arg-type]
     except NotImplementedError as e:
         key = (type(model).__name__, str(e))
         if key not in _logged:

@@ -4,7 +4,9 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import types
 from typing import Sequence
@@ -34,7 +36,8 @@ class OnnxDetector:
         sections: ``"machine_type/section"`` keys in index order; ``thresholds``: by key.
 
     Raises:
-        ValueError: naming the file when it is not a fastasd ONNX export.
+        ValueError: naming the file when it is not a fastasd ONNX export, or when its metadata
+            and its graph disagree (:meth:`_check_metadata`: an edited file).
         ImportError: without onnxruntime.
     """
 
@@ -46,12 +49,15 @@ class OnnxDetector:
         self.path = "<bytes>" if isinstance(model, bytes) else os.fspath(model)
         if not isinstance(model, bytes) and not os.path.isfile(model):
             raise FileNotFoundError(f"{self.path}: ONNX model not found")
+        if not isinstance(model, bytes):
+            with open(self.path, "rb") as f:
+                model = f.read()  # read once: the session and the digest see the same bytes
+        self.sha256 = hashlib.sha256(model).hexdigest()
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
         try:
-            self.session = ort.InferenceSession(model if isinstance(model, bytes) else self.path, opts,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise ValueError(f"{self.path}: onnxruntime cannot load it ({str(e).strip()[:300]})") from e
         raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
@@ -66,14 +72,67 @@ class OnnxDetector:
             raise ValueError(f"{self.path}: fastasd ONNX format version {meta['version']} is newer than this "
                              f"fastasd ({ONNX_VERSION}); upgrade fastasd")
         self.metadata = meta
-        self.sections = [str(s) for s in meta["sections"]]
-        self.thresholds = dict(zip(self.sections, (float(t) for t in meta["thresholds"])))
+        try:
+            self.sections = [str(s) for s in meta["sections"]]
+            thresholds = [float(t) for t in meta["thresholds"]]
+            self.sample_rate = int(meta["sample_rate"])
+            self.num_samples = int(meta["num_samples"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{self.path}: the fastasd metadata is incomplete or malformed ({type(e).__name__}: "
+                             f"{e}); export the model again") from None
+        if len(thresholds) != len(self.sections) or not self.sections or self.sample_rate <= 0 or self.num_samples < 1:
+            raise ValueError(f"{self.path}: the fastasd metadata lists {len(self.sections)} sections, "
+                             f"{len(thresholds)} thresholds, {self.sample_rate} Hz and {self.num_samples} samples")
+        self.thresholds = dict(zip(self.sections, thresholds))
         self._index = {k: i for i, k in enumerate(self.sections)}
         self.known_sections = {tuple(k.split("/", 1)) for k in self.sections}
-        self.sample_rate = int(meta["sample_rate"])
-        self.num_samples = int(meta["num_samples"])
         self.config = types.SimpleNamespace(channel=meta.get("channel"))
         self.device = "cpu"
+        self._check_metadata()
+
+    def identity(self) -> dict:
+        """``{"path", "sha256"}`` of the ONNX file (see :meth:`fastasd.api.Detector.identity`)."""
+        return {"path": self.path, "sha256": self.sha256}
+
+    def _check_metadata(self) -> None:
+        """The metadata must agree with itself and with the graph (ValueError naming the file):
+        finite thresholds, one per section; ``num_samples = round(clip_seconds * sample_rate)``
+        of the metadata's config, with the same rate; and the graph must read exactly that many
+        samples: a clip's samples beyond ``num_samples`` must not change its score, its last 5 %
+        must, and the graph's decisions must follow the metadata's thresholds."""
+        meta, where = self.metadata, f"{self.path}: the fastasd metadata"
+        bad = [k for k, t in self.thresholds.items() if not math.isfinite(t)]
+        if bad:
+            raise ValueError(f"{where} has non-finite thresholds for {bad}: the file is damaged")
+        cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        try:
+            rate, seconds = int(cfg["sample_rate"]), float(cfg["clip_seconds"])
+        except (KeyError, TypeError, ValueError):
+            rate = seconds = None
+        if rate is not None and (rate != self.sample_rate or int(round(seconds * rate)) != self.num_samples):
+            raise ValueError(f"{where} says {self.sample_rate} Hz and {self.num_samples} samples, its config "
+                             f"{rate} Hz and {seconds:g} s: the file was edited; export the model again")
+        n = self.num_samples
+        rng = np.random.default_rng(0)
+        clip = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        tail = clip.copy()
+        tail[n - max(1, n // 20):] = rng.standard_normal(max(1, n // 20))  # loud
+        longer = np.concatenate([clip, rng.standard_normal(max(1, n // 20)).astype(np.float32)])
+        section = self.sections[0].split("/", 1)
+        (s_clip, s_tail), decisions = self.score_waveforms(np.stack([clip, tail]), [section[0]] * 2, [section[1]] * 2)
+        (s_longer,), _ = self.score_waveforms(longer[None], [section[0]], [section[1]])
+        tol = 1e-4 * max(1.0, abs(s_clip))
+        if abs(s_longer - s_clip) > tol:
+            raise ValueError(f"{where} says {n} samples per clip but the graph reads more: the file was edited; "
+                             "export the model again")
+        if not abs(s_tail - s_clip) > tol:
+            raise ValueError(f"{where} says {n} samples per clip but the graph ignores the last of them: the file "
+                             "was edited; export the model again")
+        thr = self.thresholds[self.sections[0]]
+        for score, decision in zip((s_clip, s_tail), decisions):
+            if abs(score - thr) > 1e-6 * max(1.0, abs(thr)) and int(decision) != int(score > thr):
+                raise ValueError(f"{where}'s threshold of {self.sections[0]} ({thr}) is not the graph's: the file "
+                                 "was edited; export the model again")
 
     def __repr__(self) -> str:
         return (f"OnnxDetector({self.path!r}, {self.metadata.get('ensemble_size')} model(s), "

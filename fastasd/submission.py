@@ -23,6 +23,9 @@ from fastasd._io import atomic_open
 SCORE_PATTERN = re.compile(r"^anomaly_score_(?P<mt>.+)_section_(?P<section>\w+)_test\.csv$")
 DECISION_PATTERN = re.compile(r"^decision_result_(?P<mt>.+)_section_(?P<section>\w+)_test\.csv$")
 _MAX_NAMES = 10
+# How fastasd.data.inputs.text_name writes the bytes of a file name that are not UTF-8 (\xNN, or a
+# code point \uNNNN); such a name is still a basename.
+_ESCAPE = re.compile(r"\\x[0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|\\U[0-9a-fA-F]{8}")
 
 
 def _names(names: Iterable[str]) -> str:
@@ -100,7 +103,8 @@ def write_submission(out_dir: str | os.PathLike, records: Iterable[Mapping]) -> 
         rows = []
         for r in recs:
             name = str(r["file_name"])
-            if not name or "," in name or "\n" in name or "/" in name or "\\" in name:
+            bare = _ESCAPE.sub("", name)  # a byte of a non-UTF-8 name, as scores.csv writes it, is no separator
+            if not name or "," in name or "\n" in name or "/" in bare or "\\" in bare:
                 raise ValueError(f"write_submission: invalid file name {name!r} "
                                  f"(a basename without commas) in section {mt}/{sec}")
             try:

@@ -31,6 +31,8 @@ from tiny import tiny_config  # noqa: E402
 DP_CONFIGS = {
     "no_bn": dict(representation="spectrum", spectrum_dense_layers=0, epochs=2),
     "bn": dict(epochs=2),
+    # FeatEx's trainable head lives outside DDP: its gradients are averaged by hand
+    "featex_adaproj": dict(epochs=2, featex_prob=0.5, loss="adaproj", adaproj_dim=8),
 }
 
 
@@ -50,7 +52,8 @@ def run_dp(root: str, out: Path, rank: int) -> None:
             step_callback=lambda step, m, lm: scales.append(float(lm.scale)))
         result[name] = {"losses": [x for h in hist for x in h["losses"]], "scales": scales,
                         "state": {k: v.tolist() for k, v in model.state_dict().items()
-                                  if k.endswith("embed.weight") or k.endswith("running_mean")}}
+                                  if k.endswith("embed.weight") or k.endswith("running_mean")},
+                        "loss_state": {k: v.tolist() for k, v in loss.state_dict().items()}}
     # resume: 1 epoch, then resumed to 2, equals 2 epochs in one go
     cfg1, cfg2 = tiny_config(epochs=1), tiny_config(epochs=2)
     full = train_model(clips, cfg2, out_dir=out / "full", progress=False, data_parallel=True)[0]

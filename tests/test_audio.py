@@ -1,4 +1,5 @@
-"""Audio loading: mono mixdown, channel pick, length fitting, resampling, and bad files."""
+"""Audio loading: mono mixdown, channel pick, length fitting, resampling, bad files, and the bounds
+on what one file may cost (issue 23)."""
 from __future__ import annotations
 
 import io
@@ -136,3 +137,42 @@ def test_file_like_source(tmp_path):
 def test_audio_error_pickles():
     e = pickle.loads(pickle.dumps(AudioError("x.wav", "broken")))
     assert (e.name, e.reason, str(e)) == ("x.wav", "broken", "x.wav: broken")
+
+
+# --------------------------------------------------------------------------- bounds (issue 23)
+
+
+def test_only_the_frames_the_clip_needs_are_decoded(tmp_path, monkeypatch):
+    """A long file gives a short clip from its first frames only (plus the resampler's margin),
+    and the same samples as decoding the whole file and cropping."""
+    from scipy.signal import resample_poly
+
+    rng = np.random.default_rng(0)
+    reads = []
+    original = sf.SoundFile.read
+
+    def spy(self, frames=-1, *args, **kwargs):
+        reads.append(frames)
+        return original(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    x16 = rng.uniform(-0.5, 0.5, 30 * SR).astype(np.float32)
+    y = load_audio(_write(tmp_path / "long16k.wav", x16), num_samples=8000)
+    assert reads[-1] == 8000
+    np.testing.assert_array_equal(y, x16[:8000])
+    x48 = rng.uniform(-0.5, 0.5, 30 * 48000).astype(np.float32)
+    y = load_audio(_write(tmp_path / "long48k.wav", x48, rate=48000), num_samples=8000)
+    assert 3 * 8000 <= reads[-1] <= 3 * 8000 + 100  # the filter's margin: 10 taps per side at 48 -> 16 kHz
+    want = resample_poly(x48, 1, 3).astype(np.float32)[:8000]
+    assert y.tobytes() == want.tobytes()  # bit for bit
+
+
+def test_absurd_rates_and_decoded_sizes_are_refused(tmp_path, monkeypatch):
+    one_hz = _write(tmp_path / "one_hz.wav", np.zeros(100), rate=1, subtype="PCM_16")
+    with pytest.raises(AudioError, match=r"one_hz\.wav: sample rate 1 Hz is outside 1000\.\.768000 Hz"):
+        load_audio(one_hz, num_samples=16000)
+    path = _write(tmp_path / "second.wav", np.zeros(SR))
+    monkeypatch.setenv("FASTASD_MAX_DECODED_BYTES", "10000")
+    with pytest.raises(AudioError, match=r"second\.wav: 16000 frames x 1 channels .* FASTASD_MAX_DECODED_BYTES=10000"):
+        load_audio(path)
+    assert len(load_audio(path, num_samples=2000)) == 2000  # 8000 bytes: what a clip needs fits

@@ -30,3 +30,25 @@ def test_demo_quick(tmp_path, capsys):
         assert path in text  # the demo says where everything went
     # a second run into the same folder replaces the first one
     assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+
+
+def test_comparison_table_follows_the_metric():
+    """Issue 19: the demo's table shows the chosen official metric's parts ("undef." where
+    undefined), and ``fastasd demo`` takes --metric and --strict like evaluate and baseline."""
+    from fastasd.cli import build_parser
+    from fastasd.cli.demo import add_cli_arguments, comparison_table
+    from fastasd.metrics import evaluate_records
+
+    records = [{"file_name": f"{lab}_id_00_{i:08d}.wav", "machine_type": "fan", "section": "00",
+                "label": lab, "score": s}
+               for i, (lab, s) in enumerate([("normal", 0.1), ("normal", 0.4), ("anomaly", 0.35),
+                                             ("anomaly", 0.9)])]
+    ev = evaluate_records(records)  # 2020 names: the 2020 metric
+    table = comparison_table([("system", ev)])
+    assert table.splitlines()[0].split()[1:] == ["official", "auc", "pauc", "mixed", "AUC", "mixed", "pAUC"]
+    assert f"{100 * ev.official_score:11.2f}" in table and "DCASE 2020" in table
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["demo"]
+    add_cli_arguments(sub)
+    args = parser.parse_args(["demo", "--quick", "--strict", "--metric", "2021"])
+    assert args.strict and args.metric == "2021"

@@ -112,20 +112,24 @@ def test_mixup_of_a_share_equals_those_rows_of_the_whole_batch():
 
 # --------------------------------------------------------------------------- 2 processes
 @pytest.mark.slow
-def test_ensemble_across_ranks_equals_one_process(tiny_root, tmp_path, one_thread):
+@pytest.mark.parametrize("options", [{}, dict(featex_prob=0.5, loss="adaproj", adaproj_dim=8,
+                                              aux_classes="no_attributes")], ids=["paper", "featex-adaproj"])
+def test_ensemble_across_ranks_equals_one_process(tiny_root, tmp_path, one_thread, options):
     """``torchrun --nproc-per-node 2 -m fastasd train ... --ensemble-size 3``: rank 0 trains
     members 0 and 2, rank 1 member 1; the saved detector equals a one-process training bit for
-    bit (weights, BatchNorm statistics, thresholds)."""
+    bit (weights, BatchNorm statistics, thresholds). Also with FeatEx, AdaProj and other classes."""
     from fastasd import api
 
     out = tmp_path / "model"
+    switches = [a for k, v in options.items() for a in ("--" + k.replace("_", "-"), str(v))]
     proc = _torchrun("-m", "fastasd", "train", tiny_root, "--out", out, "--preset", "demo",
                      "--clip-seconds", "0.5", "--batch-size", "4", "--epochs", "1", "--device", "cpu",
-                     "--ensemble-size", "3", "--no-progress")
+                     "--ensemble-size", "3", "--no-progress", *switches)
     assert proc.stdout.count("trained 3 model(s)") == 1, proc.stdout  # rank 0 alone reports
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"member_{m}.pt" for m in range(3)]
     got = api.load(out)
-    ref = api.train(tiny_root, config=tiny_config(ensemble_size=3), progress=False)
+    ref = api.train(tiny_root, config=tiny_config(ensemble_size=3, **options), progress=False)
+    assert got.config == ref.config and got.encoder == ref.encoder
     for m, (a, b) in enumerate(zip(got.models, ref.models)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys()
@@ -162,9 +166,13 @@ def test_data_parallel_follows_the_one_process_curve(tiny_root, tmp_path, one_th
         assert one.shape == two.shape == (10,)
         assert r0[name]["losses"] == r1[name]["losses"]  # the global loss, the same on both
         assert r0[name]["scales"] == r1[name]["scales"], "the scale differs between the ranks"
-        rtol = 1e-5 if name == "no_bn" else 0.1
+        assert r0[name]["loss_state"] == r1[name]["loss_state"], "the loss state differs between the ranks"
+        # FeatEx + AdaProj follow the per-rank BatchNorm statistics more (measured: 10.6 % at one step)
+        rtol = {"no_bn": 1e-5, "featex_adaproj": 0.2}.get(name, 0.1)
         np.testing.assert_allclose(two, one, rtol=rtol, err_msg=name)
-        np.testing.assert_allclose(r0[name]["scales"], scales, rtol=rtol / 10 if name == "no_bn" else 0.02)
+        # AdaProj's scale follows its batch maximum closely: per-rank BatchNorm moves it more
+        scale_rtol = {"no_bn": rtol / 10, "featex_adaproj": 0.05}.get(name, 0.02)
+        np.testing.assert_allclose(r0[name]["scales"], scales, rtol=scale_rtol)
     assert r0["resume_equal"] and r1["resume_equal"]
     assert r0["detector"] and not r1["detector"]
     assert (out / "model" / "manifest.json").is_file()

@@ -180,19 +180,24 @@ def test_unscored_sections_are_skipped_with_a_warning(dev, caplog):
     assert "pump/section_00" in caplog.text
 
 
-def test_single_class_section_cli(tmp_path, capsys):
+def test_single_class_section_cli(tmp_path, capsys, caplog):
     truth = make_dev_layout(tmp_path / "data", sections=(("fan", "00"),))
     for p in (tmp_path / "data" / "fan" / "test").glob("*target_test_normal*"):
         p.unlink()
     truth = [r for r in truth if not (r["domain"] == "target" and r["label"] == "normal")]
     write_submission(tmp_path / "scores", truth)
-    err = _run_error(capsys, tmp_path / "scores", tmp_path / "data")
+    # Issue 19: --strict fails as the official evaluators would; by default (and with the old
+    # --allow-undefined) the report is printed, exit 0, with a warning naming the figures.
+    err = _run_error(capsys, tmp_path / "scores", tmp_path / "data", "--strict")
     assert "fan/00" in err and "auc_target" in err and "undefined" in err
-    with pytest.warns(UserWarning, match="fan/00"):
-        rc = main(["evaluate", str(tmp_path / "scores"), str(tmp_path / "data"),
-                   "--allow-undefined"])
-    assert rc == 0
-    assert "nan" in capsys.readouterr().out
+    for extra in ([], ["--allow-undefined"]):
+        with caplog.at_level(logging.WARNING, logger="fastasd.evaluate"):
+            caplog.clear()
+            rc = main(["evaluate", str(tmp_path / "scores"), str(tmp_path / "data"), *extra])
+        assert rc == 0
+        out = capsys.readouterr().out
+        assert "undef." in out and "fan/00: off. auc_target" in out
+        assert "fan/00 official.auc_target" in caplog.text and "--strict" in caplog.text
 
 
 def test_bad_inputs_exit_2(tmp_path, capsys):
@@ -210,3 +215,74 @@ def test_plots_without_matplotlib(dev, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails
     err = _run_error(capsys, tmp_path / "scores", tmp_path / "data", "--plots", tmp_path / "p")
     assert "matplotlib" in err and "fastasd[plots]" in err
+
+
+# --------------------------------------------------------------------------- issue 19 and 23.12
+
+
+def test_empty_score_file_is_an_error_not_an_absent_section(dev, capsys):
+    """Issue 23, point 12: an empty score file was taken for an absent section (skipped with a
+    warning); now it is an error naming the file."""
+    tmp_path, _ = dev
+    empty = tmp_path / "scores" / score_file_name("pump", "00")
+    empty.write_text("")
+    err = _run_error(capsys, tmp_path / "scores", tmp_path / "data")
+    assert "empty score file" in err and str(empty) in err
+    assert f"{4 * N_PER_GROUP} test clip(s) of pump/section_00" in err
+    with pytest.raises(ValueError, match="empty score file"):
+        build_records(tmp_path / "scores", tmp_path / "data")
+    empty.write_text("\n\n")  # blank lines only: no rows either
+    assert "empty score file" in _run_error(capsys, tmp_path / "scores", tmp_path / "data")
+
+
+def test_ground_truth_listing_a_name_twice_cli(tmp_path, capsys):
+    """Issue 23, point 12, through ``fastasd evaluate``: exit 2 naming the file and the name."""
+    truth = make_eval_layout(tmp_path / "data", tmp_path / "gt")
+    write_submission(tmp_path / "scores", truth)
+    gt = tmp_path / "gt" / "ground_truth_data" / "ground_truth_valve_section_03_test.csv"
+    first = gt.read_text().splitlines()[0]
+    name, value = first.split(",")
+    gt.write_text(gt.read_text() + f"{name},{1 - int(value)}\n")
+    err = _run_error(capsys, tmp_path / "scores", tmp_path / "data", "--ground-truth", tmp_path / "gt")
+    assert str(gt) in err and name in err and "opposite values" in err
+
+
+def test_metric_forced_and_in_json(dev, capsys):
+    tmp_path, truth = dev
+    for metric, name, keys in (("2021", "dcase2021", {"auc_source", "auc_target", "pauc_source", "pauc_target"}),
+                               ("2020", "dcase2020", {"auc", "pauc"}),
+                               ("2024", "dcase2022", {"auc_source", "auc_target", "pauc"})):
+        out_json = tmp_path / f"{metric}.json"
+        rc = main(["evaluate", str(tmp_path / "scores"), str(tmp_path / "data"), "--metric", metric,
+                   "--json", str(out_json)])
+        out = capsys.readouterr().out
+        assert rc == 0
+        result = json.loads(out_json.read_text())
+        assert result["metric"]["name"] == name and "chosen by metric=" in result["metric"]["reason"]
+        assert set(result["sections"][0]["official"]) == keys
+        want = evaluate_records(truth, metric=metric)
+        assert result["official_score"] == pytest.approx(want.official_score, rel=1e-12)
+        assert f"metric: {want.to_dict()['metric']['title']} (chosen by metric='{metric}')" in out
+
+
+def test_2021_layout_picks_the_2021_metric(tmp_path, capsys):
+    """Test clips in source_test/ and target_test/ (the 2021 layout): the 2021 metric, each
+    domain's normals against that domain's anomalies only."""
+    truth = make_dev_layout(tmp_path / "data", sections=(("fan", "00"),))
+    for p in list((tmp_path / "data" / "fan" / "test").iterdir()):
+        domain = "source" if "_source_" in p.name else "target"
+        (p.parent.parent / f"{domain}_test").mkdir(exist_ok=True)
+        p.rename(p.parent.parent / f"{domain}_test" / p.name)
+    (tmp_path / "data" / "fan" / "test").rmdir()
+    write_submission(tmp_path / "scores", truth)
+    ev = evaluate_directory(tmp_path / "scores", tmp_path / "data")
+    assert ev.metric == "dcase2021" and "source_test/" in ev.metric_reason
+    assert ev.official_score == pytest.approx(evaluate_records(truth, metric="2021").official_score, rel=1e-12)
+    assert main(["evaluate", str(tmp_path / "scores"), str(tmp_path / "data")]) == 0
+    assert "metric: DCASE 2021 (chosen automatically" in capsys.readouterr().out
+
+
+def test_strict_and_allow_undefined_contradict(dev, capsys):
+    tmp_path, _ = dev
+    err = _run_error(capsys, tmp_path / "scores", tmp_path / "data", "--strict", "--allow-undefined")
+    assert "contradict" in err

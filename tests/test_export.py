@@ -98,7 +98,7 @@ def exported(trained, root, tmp_path_factory):
 def test_onnx_scores_equal_detector_score(exported, root, overrides):
     det, _, path = exported(overrides)
     onnx_det = ex.load_onnx(path)
-    want = {r["file"]: r for r in det.score(root, num_workers=0, progress=False)}
+    want = {r["file"]: r for r in det.score(root, num_workers=0, progress=False, precision="float32")}
     got = {r["file"]: r for r in score_inputs(onnx_det, root, num_workers=0, progress=False)}
     assert set(got) == set(want) and len(got) == 16
     files = sorted(want)
@@ -121,7 +121,7 @@ def test_any_clip_length_and_batch(exported, overrides):
         x = (0.05 * rng.standard_normal((batch, length))).astype(np.float32)
         mts = [sections[i % len(sections)][0] for i in range(batch)]
         secs = [sections[i % len(sections)][1] for i in range(batch)]
-        want, _ = det.score_waveforms(torch.from_numpy(x), mts, secs)
+        want, _ = det.score_waveforms(torch.from_numpy(x), mts, secs, precision="float32")
         got, dec = onnx_det.score_waveforms(x, mts, secs)
         assert got.dtype == np.float64 and dec.dtype == np.int64 and got.shape == (batch,)
         _close(got, want)
@@ -267,25 +267,29 @@ def test_cli_score_onnx_is_the_score_job(exported, root, tmp_path, capsys):
     from fastasd.cli import main
 
     det, _, onnx_file = exported({"backend": "cosine"})
-    assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "y.onnx")]) == 1
+    assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "y.onnx")]) == 2  # a usage error
     assert "model folder not found" in capsys.readouterr().err
 
     common = ["--workers", "0", "--no-progress", "--batch-size", "5"]
     out = tmp_path / "onnx"
     assert main(["score", "--onnx", str(onnx_file), str(root), "--out", str(out), *common]) == 0
-    want = {r["file"]: r for r in det.score(root, num_workers=0, progress=False)}
+    want = {r["file"]: r for r in det.score(root, num_workers=0, progress=False, precision="float32")}
     got = {r["file"]: r for r in read_scores_csv(out / "scores.csv")}
     assert set(got) == set(want) and len(got) == 16
     _close([got[f]["score"] for f in sorted(got)], [want[f]["score"] for f in sorted(got)])
     subs = sorted(p.name for p in out.glob("anomaly_score_*.csv"))
     assert subs == ["anomaly_score_fan_section_00_test.csv", "anomaly_score_valve_section_00_test.csv"]
-    # the same resume rules: refused without --resume, nothing scored twice with it
-    with pytest.raises(FileExistsError):
-        main(["score", "--onnx", str(onnx_file), str(root), "--out", str(out), *common])
+    # the same resume rules: refused without --resume (a usage error, one line), nothing scored twice with it
+    capsys.readouterr()
+    assert main(["score", "--onnx", str(onnx_file), str(root), "--out", str(out), *common]) == 2
+    err = capsys.readouterr().err
+    assert "scores.csv exists" in err and "Traceback" not in err
     assert main(["score", "--onnx", str(onnx_file), str(root), "--out", str(out), "--resume", *common]) == 0
     assert len(read_scores_csv(out / "scores.csv")) == 16
     assert main(["score", "--onnx", str(onnx_file), str(root), "--out", str(tmp_path / "o2"), "--bf16",
                  *common]) == 2
+    assert main(["score", "--onnx", str(onnx_file), str(root), "--out", str(tmp_path / "o2"),
+                 "--precision", "bfloat16", *common]) == 2
 
 
 def test_readme_snippet_needs_only_onnxruntime_numpy_soundfile(exported, root, tmp_path):
@@ -303,6 +307,75 @@ def test_readme_snippet_needs_only_onnxruntime_numpy_soundfile(exported, root, t
                          timeout=120)
     assert run.returncode == 0, run.stderr
     score, decision = run.stdout.split()
-    want = det.score([clip], section="fan:00", num_workers=0, progress=False)[0]
+    want = det.score([clip], section="fan:00", num_workers=0, progress=False, precision="float32")[0]
     _close([float(score)], [want["score"]])
     assert int(decision) == want["decision"]
+
+
+# --------------------------------------------------------------------------- issue 23
+
+
+def test_export_never_replaces_a_file_silently_nor_the_models_own(exported, tmp_path, capsys):
+    from fastasd.cli import main
+
+    det, folder, path = exported({"backend": "cosine"})
+    manifest = (folder / "manifest.json").read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main(["export", str(folder), "--out", str(folder / "manifest.json"), *extra]) == 2
+        assert "is a file of the model" in capsys.readouterr().err
+    assert (folder / "manifest.json").read_bytes() == manifest
+    fastasd.load(folder)  # still loads
+    assert main(["export", str(folder), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "Traceback" not in err
+    existing = tmp_path / "keep.onnx"
+    existing.write_bytes(b"keep")
+    assert main(["export", str(folder), "--out", str(existing)]) == 2
+    assert "exists: pass overwrite=True (--overwrite)" in capsys.readouterr().err
+    assert existing.read_bytes() == b"keep"
+    assert main(["export", str(folder), "--out", str(existing), "--overwrite", "--no-verify"]) == 0
+    assert ex.load_onnx(existing).num_samples == det.num_samples
+
+
+def _edited(path: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the export whose fastasd metadata ``edit`` changed (the graph untouched)."""
+    import json
+
+    import onnx
+
+    model = onnx.load(path)
+    entry = next(p for p in model.metadata_props if p.key == "fastasd")
+    meta = json.loads(entry.value)
+    edit(meta)
+    entry.value = json.dumps(meta)
+    out = tmp_path / f"edited{len(list(tmp_path.glob('edited*')))}.onnx"
+    onnx.save(model, out)
+    return out
+
+
+def test_onnx_metadata_that_disagrees_with_the_graph_is_refused(exported, tmp_path):
+    """The sample rate and clip length of the metadata are what scoring decodes to: they must be
+    the graph's (an edited file would score every clip on the wrong samples)."""
+    _, _, path = exported({"backend": "cosine"})
+
+    def length(factor):
+        def edit(meta):
+            meta["num_samples"] = int(meta["num_samples"] * factor)
+            meta["config"]["clip_seconds"] *= factor  # consistent metadata: only the graph can tell
+        return edit
+
+    def rate(meta):
+        meta["sample_rate"] = 8000
+
+    def nan_threshold(meta):
+        meta["thresholds"][0] = float("nan")
+
+    with pytest.raises(ValueError, match="the graph ignores the last of them"):
+        ex.load_onnx(_edited(path, tmp_path, length(2)))
+    with pytest.raises(ValueError, match="the graph reads more"):
+        ex.load_onnx(_edited(path, tmp_path, length(0.5)))
+    with pytest.raises(ValueError, match="says 8000 Hz .* its config 16000 Hz"):
+        ex.load_onnx(_edited(path, tmp_path, rate))
+    with pytest.raises(ValueError, match="non-finite thresholds"):
+        ex.load_onnx(_edited(path, tmp_path, nan_threshold))
+    assert ex.load_onnx(_edited(path, tmp_path, lambda meta: None)).identity()["sha256"]  # unedited: loads

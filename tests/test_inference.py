@@ -239,7 +239,10 @@ def detector(tmp_path_factory):
     train = discover(root, splits=("train",))
     torch.manual_seed(0)
     model = randomize(EmbeddingNet(cfg), seed=3)
-    return fit_detector(cfg, [model], ClassEncoder().fit(train), train, device="cpu", progress=False)
+    det = fit_detector(cfg, [model], ClassEncoder().fit(train), train, device="cpu", progress=False)
+    assert det.precision == "auto"  # the default; the tests below compare float32 computations
+    det.precision = "float32"
+    return det
 
 
 def _waves(det, n=4, seed=0):
@@ -280,7 +283,7 @@ def test_detector_cache_and_invalidation(detector, monkeypatch):
     assert det.inference_model(0) is m  # cached
     det.embed_waveforms(x)  # inside inference mode too
     det.score_waveforms(x, ["fan"] * 4, ["00"] * 4)
-    assert det._inference_cache[0][1] is m
+    assert det._inference_cache[(0, torch.float32)][1] is m
     det.to("cpu")
     m2 = det.inference_model(0)
     assert m2 is not m  # .to() drops the cache
@@ -352,3 +355,116 @@ def test_fit_embeds_with_the_fused_network(detector, monkeypatch, tmp_path):
     assert sum(calls) == len(clips)  # not called again
     assert_embeddings_close(torch.from_numpy(fused), torch.from_numpy(plain))
 
+
+
+# ----------------------------------------------------------------------------- bfloat16
+# bfloat16 keeps 8 significant bits: the convolutions' weights and feature maps are rounded to
+# about 0.4 %. Measured: embeddings with cosine similarity >= 0.9999 to float32 (10-s clips,
+# random weights and BN statistics; 0.99998 on the trained demo model); a real mistake (a layer
+# left in float32 where bfloat16 is asked, a wrong layout) changes dtypes or layouts, checked
+# directly below, and any wrong arithmetic moves the cosine far below 0.999.
+BF16_COS = 0.999
+
+
+@pytest.mark.parametrize("name", ["default", "use_bias", "spectrum_only", "add", "clip_2s", "small_fft"])
+def test_bfloat16_fused_close_to_float32(name):
+    kw = dict(CONFIGS[name])
+    model, x = make(kw.pop("seconds", 1.0), **kw)
+    fused = fuse_for_inference(model, compute_dtype=torch.bfloat16)
+    assert fused.compute_dtype == torch.bfloat16
+    with torch.inference_mode():
+        got, want = fused(x), model(x)
+    assert got.dtype == torch.float32
+    cos = F.cosine_similarity(got, want, dim=1)
+    assert cos.min() > BF16_COS, cos
+
+
+def test_bfloat16_weights_converted_once_and_channels_last():
+    """Every convolution holds bfloat16 weights (converted when fused, never per call), the
+    Linear layers float32; the spectrogram branch's feature maps are bfloat16 and channels-last
+    from the stem on."""
+    model, x = make(2.0, use_bias=True)
+    fused = fuse_for_inference(model, compute_dtype=torch.bfloat16)
+    convs = [m for m in fused.modules() if isinstance(m, _Conv)]
+    assert convs and all(c.weight.dtype == torch.bfloat16 for c in convs)
+    assert fused.spectrogram_branch.embed_weight.dtype == torch.float32
+    assert fused.spectrum_branch.dense0_weight.dtype == torch.float32
+    maps = []
+    hooks = [m.register_forward_hook(lambda mod, a, out: maps.append(out))
+             for m in [fused.spectrogram_branch.stem, *fused.spectrogram_branch.blocks]]
+    try:
+        with torch.inference_mode():
+            fused(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(maps) == 1 + len(fused.spectrogram_branch.blocks)
+    for out in maps:
+        assert out.dtype == torch.bfloat16
+        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+
+
+def test_detector_precision_switch(detector, monkeypatch):
+    from fastasd import precision
+    from fastasd.api import Detector
+
+    det = detector
+    monkeypatch.delenv("FASTASD_BACKEND", raising=False)
+    monkeypatch.setenv(inference.ENV_VAR, "1")
+    with pytest.raises(ValueError, match="Detector.precision must be one of"):
+        det.precision = "float16"
+    assert Detector(det.config, det.models, det.encoder, det.backends, det.thresholds).precision == "auto"
+    x = _waves(det, seed=3)
+    mts, secs = ["fan"] * 4, ["00", "01", "00", "01"]
+    try:
+        det.precision = "auto"
+        monkeypatch.setattr(precision, "cpu_prefers_bfloat16", lambda: True)
+        assert det.compute_dtype() == torch.bfloat16
+        m16 = det.inference_model(0)
+        assert m16.compute_dtype == torch.bfloat16 and det.inference_model(0) is m16  # cached
+        auto = det.embed_waveforms(x)
+        torch.testing.assert_close(auto, det.embed_waveforms(x, precision="bfloat16"), rtol=0, atol=0)
+        f32 = det.embed_waveforms(x, bf16=False)  # the old switch: False means float32
+        torch.testing.assert_close(f32, det.embed_waveforms(x, precision="float32"), rtol=0, atol=0)
+        assert det.inference_model(0, torch.float32).compute_dtype == torch.float32
+        assert det.inference_model(0) is m16  # one cached module per dtype
+        assert not torch.equal(auto, f32)
+        assert F.cosine_similarity(auto, f32, dim=1).min() > BF16_COS
+        s_auto, _ = det.score_waveforms(x, mts, secs)
+        s_bf16, _ = det.score_waveforms(x, mts, secs, bf16=True)
+        np.testing.assert_array_equal(s_auto, s_bf16)
+        # local-density scores failed the accuracy check: auto keeps them in float32
+        bal = Detector(det.config.replace(score_normalization="local_density"), det.models, det.encoder,
+                       det.backends, det.thresholds)
+        assert bal.compute_dtype() == torch.float32 and bal.compute_dtype("bfloat16") == torch.bfloat16
+        monkeypatch.setattr(precision, "cpu_prefers_bfloat16", lambda: False)
+        assert det.compute_dtype() == torch.float32
+        torch.testing.assert_close(det.embed_waveforms(x), f32, rtol=0, atol=0)
+    finally:
+        det.precision = "float32"
+
+
+def test_bfloat16_on_cuda(detector):
+    """The same precision switch on CUDA (the fused network's convolutions in bfloat16 on cuDNN;
+    skipped without a GPU, a failure then with FASTASD_REQUIRE_CUDA=1)."""
+    try:
+        from tests.ops.conftest import cuda_or_skip
+    except ImportError:  # pytest's default import mode puts tests/ itself on sys.path
+        from ops.conftest import cuda_or_skip
+
+    dev = cuda_or_skip()
+    model, x = make(2.0, use_bias=True)
+    with torch.inference_mode():
+        want = model(x)
+        got = fuse_for_inference(model.to(dev), compute_dtype=torch.bfloat16)(x.to(dev)).float().cpu()
+    assert F.cosine_similarity(got, want, dim=1).min() > BF16_COS
+    det = detector
+    x = _waves(det, seed=4)
+    full = det.embed_waveforms(x, precision="float32")
+    try:
+        det.to(dev)
+        assert det.compute_dtype("auto") == torch.float32  # unmeasured on GPUs: auto is float32
+        half = det.embed_waveforms(x, precision="bfloat16")
+    finally:
+        det.to("cpu")
+    assert F.cosine_similarity(half, full, dim=1).min() > BF16_COS

@@ -311,3 +311,69 @@ def test_audio_source_is_small_and_picklable():
     s = AudioSource(name="a.zip::x.wav", kind="zip", path="a.zip", member="x.wav")
     assert pickle.loads(pickle.dumps(s)) == s
     assert not hasattr(s, "__dict__")  # slots: millions of sources stay cheap
+
+
+# --------------------------------------------------------------------------- issue 23
+
+
+def _archive_with(path: Path, kind: str, members: list[tuple[str, bytes]]) -> Path:
+    if kind == "zip":
+        import warnings
+
+        with warnings.catch_warnings(), zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+            warnings.simplefilter("ignore")  # "Duplicate name": what this archive is about
+            for name, data in members:
+                z.writestr(name, data)
+    else:
+        with tarfile.open(path, "w:gz" if kind == "tgz" else "w") as t:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "tgz"])
+def test_duplicate_member_names_are_reported_the_same_way_in_every_format(tmp_path, kind):
+    """Two members with one name: zip and tar readers would score the last copy, a tar stream
+    the first; now none is read and the name is reported once, alike in every format."""
+    dup, other = "fan/test/section_00_0001.wav", "fan/test/section_00_0002.wav"
+    archive = _archive_with(tmp_path / f"a.{'tar.gz' if kind == 'tgz' else kind}", kind,
+                            [(dup, wav_bytes(1)), (other, wav_bytes(2)), (dup, wav_bytes(3))])
+    srcs = list(iter_sources(archive, include_unsafe=True))
+    assert [(s.member, s.problem) for s in srcs] == [
+        (dup, "2 members of the archive have this name: ambiguous, none is read"), (other, None)]
+    assert decode_source(srcs[1], sample_rate=SR, num_samples=N)[0] is not None
+
+
+@pytest.mark.parametrize("kind", ["zip-stored", "zip-deflated", "tar"])
+def test_a_large_member_is_read_on_demand_not_into_memory(tmp_path, monkeypatch, kind):
+    """A member over IN_MEMORY_BYTES is streamed: decoding a clip's first samples holds far less
+    than the member (the old reader held the member and its whole decoded copy), and gives the
+    same samples as the plain file."""
+    import tracemalloc
+
+    from fastasd.data import inputs
+
+    monkeypatch.setattr(inputs, "IN_MEMORY_BYTES", 1 << 20)
+    x = (0.1 * np.random.default_rng(0).standard_normal(300 * SR)).astype(np.float32)  # 5 min: 9.6 MB PCM_16
+    plain = tmp_path / "fan" / "test" / "section_00_0001.wav"
+    plain.parent.mkdir(parents=True)
+    sf.write(plain, x, SR, subtype="PCM_16")
+    if kind == "tar":
+        archive = _archive_with(tmp_path / "a.tar", "tar", [("fan/test/section_00_0001.wav", plain.read_bytes())])
+    else:
+        archive = tmp_path / "a.zip"
+        mode = zipfile.ZIP_STORED if kind == "zip-stored" else zipfile.ZIP_DEFLATED
+        with zipfile.ZipFile(archive, "w", mode) as z:
+            z.write(plain, "fan/test/section_00_0001.wav")
+    (src,) = list(iter_sources(archive))
+    want, _ = decode_source(next(iter(iter_sources(plain))), sample_rate=SR, num_samples=SR)
+    tracemalloc.start()
+    try:
+        got, note = decode_source(src, sample_rate=SR, num_samples=SR)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert note is None and got.tobytes() == want.tobytes()
+    assert peak < 2 << 20, f"{peak / 2**20:.1f} MiB held to decode 1 s of a 9.6 MB member"

@@ -73,3 +73,34 @@ def test_load_rejects_other_files(tmp_path):
     path.write_text("not json")
     with pytest.raises(ValueError, match="x.json"):
         ClassEncoder.load(path)
+
+
+# --------------------------------------------------------------------------- aux_classes
+@pytest.mark.parametrize("aux,key,n", [
+    ("paper", "fan/00/m-n_W/source", 6),
+    ("no_attributes", "fan/00/source", 5),   # m-n_X merges into m-n_W's class
+    ("no_domain", "fan/00/m-n_W", 5),        # the target clip merges into the source class
+    ("section", "fan/00", 4),                # fan/00, fan/01, ToyCar/00, RoboticArm/03
+])
+def test_aux_classes_choose_the_parts(aux, key, n):
+    assert class_key(TRAIN[0], aux) == key
+    enc = ClassEncoder(aux).fit(TRAIN)
+    assert len(enc) == n and enc.aux_classes == aux
+    assert enc.classes_ == sorted({class_key(c, aux) for c in TRAIN})
+    np.testing.assert_array_equal(enc.transform(TRAIN), [enc.classes_.index(class_key(c, aux)) for c in TRAIN])
+
+
+def test_aux_classes_saved_with_the_encoder_and_old_files_load(tmp_path):
+    enc = ClassEncoder("no_attributes").fit(TRAIN)
+    enc.save(tmp_path / "enc.json")
+    assert json.loads((tmp_path / "enc.json").read_text())["aux_classes"] == "no_attributes"
+    loaded = ClassEncoder.load(tmp_path / "enc.json")
+    assert loaded == enc and loaded.aux_classes == "no_attributes"
+    assert loaded != ClassEncoder("paper").fit(TRAIN)
+    # an encoder.json written before aux_classes existed: the paper's classes
+    old = {"format": "fastasd.ClassEncoder", "version": 1, "classes": ClassEncoder().fit(TRAIN).classes_}
+    assert ClassEncoder.from_dict(old).aux_classes == "paper"
+    with pytest.raises(ValueError, match="aux_classes 'speed'"):
+        ClassEncoder("speed")
+    with pytest.raises(ValueError, match="aux_classes 'speed'"):
+        ClassEncoder.from_dict({**old, "aux_classes": "speed"})

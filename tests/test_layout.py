@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fastasd.data.layout import Clip, ParsedName, discover, parse_file_name, read_ground_truth
+from fastasd.data.layout import Clip, ParsedName, discover, layout_year, parse_file_name, read_ground_truth
 
 SR = 16000
 
@@ -110,6 +110,41 @@ def test_discover_2020(tmp_path):
     anomaly = clips[1]
     assert (anomaly.section, anomaly.label) == ("02", "anomaly")
     assert Path(anomaly.path).is_file()
+
+
+def test_layout_year(tmp_path):
+    """Which DCASE year a layout reveals (it picks the official metric, issue 19)."""
+    _layout(tmp_path / "y2020", ["fan/train/normal_id_00_00000000.wav",
+                                 "fan/test/anomaly_id_00_00000001.wav"])
+    assert layout_year(discover(tmp_path / "y2020")) == 2020
+    _layout(tmp_path / "y2021", ["fan/train/section_00_source_train_normal_0000.wav",
+                                 "fan/source_test/section_00_source_test_normal_0000.wav"])
+    assert layout_year(discover(tmp_path / "y2021")) == 2021
+    _layout(tmp_path / "y2022", ["fan/train/section_00_source_train_normal_0000_a_1.wav",
+                                 "fan/test/section_00_target_test_anomaly_0000_a_1.wav"])
+    assert layout_year(discover(tmp_path / "y2022")) is None
+    assert layout_year([]) is None
+
+
+def test_ground_truth_name_listed_twice_is_an_error(tmp_path):
+    """Issue 23, point 12: a name listed twice with opposite labels was silently taken from the
+    last row; now an error naming the file, the name and both lines."""
+    path = tmp_path / "ground_truth_data" / "ground_truth_fan_section_00_test.csv"
+    path.parent.mkdir()
+    path.write_text("a.wav,0\nb.wav,1\na.wav,1\n")
+    with pytest.raises(ValueError, match=r"ground_truth_fan_section_00_test\.csv: a\.wav is listed "
+                                         r"with opposite values \(line 1: normal, line 3: anomaly\)"):
+        read_ground_truth(tmp_path)
+    path.write_text("a.wav,0\nb.wav,1\nb.wav,1\n")
+    with pytest.raises(ValueError, match=r"b\.wav is listed twice \(line 2: anomaly, line 3: anomaly\)"):
+        read_ground_truth(tmp_path)
+    dom = tmp_path / "ground_truth_domain" / "ground_truth_fan_section_00_test.csv"
+    dom.parent.mkdir()
+    path.write_text("a.wav,0\nb.wav,1\n")
+    dom.write_text("a.wav,1\na.wav,0\n")
+    with pytest.raises(ValueError, match=r"ground_truth_domain.*a\.wav is listed with opposite values "
+                                         r"\(line 1: target, line 2: source\)"):
+        read_ground_truth(tmp_path)
 
 
 def test_discover_2021_source_and_target_test_folders(tmp_path):

@@ -207,17 +207,24 @@ def test_allow_undefined_reports_nan_and_excludes_from_means():
     # Official target AUC has the source anomaly vs no target normals: one class -> NaN too.
     assert math.isnan(r.official["auc_target"])
     assert any("auc_target" in str(w.message) for w in caught)
-    # Means over the defined values only.
+    # The official score needs every value (issue 19): undefined, with the reason; the mean
+    # over the defined values only is kept apart, and every per-key mean leaves NaN out.
     fan = ev.sections[("fan", "00")]
     want = hmean([fan.official["auc_source"], fan.official["auc_target"], fan.official["pauc"],
                   r.official["auc_source"], r.official["pauc"]])
-    assert ev.official_score == pytest.approx(want, rel=1e-12)
+    assert math.isnan(ev.official_score)
+    assert "1 of 6 official values are undefined (pump/00 auc_target)" in ev.undefined["official_score"]
+    assert ev.partial_official_score == pytest.approx(want, rel=1e-12)
+    assert ev.official["auc_source"] == pytest.approx(
+        hmean([fan.official["auc_source"], r.official["auc_source"]]), rel=1e-12)
     assert ev.paper["auc_target"] == pytest.approx(fan.paper["auc_target"], rel=1e-12)
     d = ev.to_dict()
     json.dumps(d, allow_nan=False)  # NaN written as null
     pump = next(s for s in d["sections"] if s["machine_type"] == "pump")
     assert pump["paper"]["auc_target"] is None
-    assert "nan" in ev.format_table()
+    assert pump["undefined"]["paper.auc_target"] == "it has no clips"
+    table = ev.format_table()
+    assert "undef." in table and "pump/00: off. auc_target: its clips hold 0 normal and 1 anomalous" in table
 
 
 def test_unknown_label_names_the_files():
@@ -293,3 +300,199 @@ def test_to_dict_and_table():
     # fixed width: every table row is as wide as the header
     width = len(lines[0])
     assert all(len(line) == width for line in lines if line.split()[2:3] in (["source"], ["target"], ["mixed"]))
+
+
+# --------------------------------------------------------------------------- every year's metric
+# (issue 19) Each official metric against the independent computation of tests/auc_reference.py
+# (rank-statistic AUC, hand-integrated McClish pAUC, means written out).
+
+from auc_reference import amean, hmean as ref_hmean, mcclish_pauc, rank_auc  # noqa: E402
+
+from fastasd.metrics import METRICS, metric_by_name, resolve_metric  # noqa: E402
+
+SECTIONS = (("fan", "00"), ("fan", "01"), ("pump", "00"))
+
+
+def random_records(seed=1, names_2020=False, domains=True):
+    """Per section 7 + 4 source and 5 + 3 target normal + anomalous clips, scores on a 0.1 grid
+    (many ties), anomalies higher on average. ``names_2020``: DCASE 2020 file names."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for mt, sec in SECTIONS:
+        i = 0
+        for domain, label, n in (("source", "normal", 7), ("source", "anomaly", 4),
+                                 ("target", "normal", 5), ("target", "anomaly", 3)):
+            for _ in range(n):
+                score = round(float(rng.normal(0.6 if label == "anomaly" else 0.3, 0.25)), 1)
+                name = (f"{label}_id_{sec}_{i:08d}.wav" if names_2020
+                        else f"section_{sec}_{domain}_test_{label}_{i:04d}.wav")
+                r = {"file_name": name, "machine_type": mt, "section": sec, "label": label,
+                     "score": score}
+                if domains:
+                    r["domain"] = domain
+                out.append(r)
+                i += 1
+    return out
+
+
+def _subset(records, mt, sec, keep):
+    rs = [r for r in records if (r["machine_type"], r["section"]) == (mt, sec) and keep(r)]
+    return [r["label"] == "anomaly" for r in rs], [r["score"] for r in rs]
+
+
+def _is(domain):
+    return lambda r: r["domain"] == domain
+
+
+def _with_anomalies(domain):
+    return lambda r: r["domain"] == domain or r["label"] == "anomaly"
+
+
+def _all(r):
+    return True
+
+
+def test_reference_helpers_on_hand_values():
+    # 2 normals {.1, .4}, anomalies {.35, .9}: 3 of 4 pairs won.
+    assert rank_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.9]) == 0.75
+    assert rank_auc([0, 1], [0.5, 0.5]) == 0.5  # a tie counts one half
+    # The six-clip section of test_six_clip_section_by_hand: pAUC 14/19 over all clips.
+    six = six_clip_section()
+    assert mcclish_pauc([r["label"] == "anomaly" for r in six], [r["score"] for r in six]) == \
+        pytest.approx(14 / 19, abs=1e-12)
+    assert mcclish_pauc([0, 1], [0.0, 1.0]) == pytest.approx(1.0)  # perfect
+    assert mcclish_pauc([0, 1], [1.0, 0.0]) == pytest.approx(0.5 * (1 + (0 - 0.005) / 0.095))
+
+
+def test_dcase2022_to_2025_against_independent_computation():
+    records = random_records()
+    ev = evaluate_records(records)
+    assert ev.metric == "dcase2022" and "source/target domains" in ev.metric_reason
+    for year in ("2022", "2023", "2024", "2025"):  # one metric for the four years
+        assert evaluate_records(records, metric=year).official_score == ev.official_score
+    values = []
+    for (mt, sec), r in ev.sections.items():
+        want = {"auc_source": rank_auc(*_subset(records, mt, sec, _with_anomalies("source"))),
+                "auc_target": rank_auc(*_subset(records, mt, sec, _with_anomalies("target"))),
+                "pauc": mcclish_pauc(*_subset(records, mt, sec, _all))}
+        assert r.official == pytest.approx(want, abs=1e-12)
+        assert r.paper == pytest.approx({
+            "auc_source": rank_auc(*_subset(records, mt, sec, _is("source"))),
+            "pauc_source": mcclish_pauc(*_subset(records, mt, sec, _is("source"))),
+            "auc_target": rank_auc(*_subset(records, mt, sec, _is("target"))),
+            "pauc_target": mcclish_pauc(*_subset(records, mt, sec, _is("target"))),
+            "auc_mixed": rank_auc(*_subset(records, mt, sec, _all)),
+            "pauc_mixed": want["pauc"]}, abs=1e-12)
+        values += want.values()
+    assert ev.official_score == pytest.approx(ref_hmean(values), rel=1e-12)
+    assert ev.official["auc_target"] == pytest.approx(
+        ref_hmean(r.official["auc_target"] for r in ev.sections.values()), rel=1e-12)
+    fan = [v for (mt, _), r in ev.sections.items() if mt == "fan" for v in r.official.values()]
+    assert ev.machine_types["fan"]["official_score"] == pytest.approx(ref_hmean(fan), rel=1e-12)
+
+
+def test_dcase2021_against_independent_computation():
+    records = random_records(seed=2)
+    ev = evaluate_records(records, metric="2021")
+    assert ev.metric == "dcase2021" and ev.metric_reason == "chosen by metric='2021'"
+    values = []
+    for (mt, sec), r in ev.sections.items():
+        # 2021: each domain's normals against that domain's anomalies only
+        want = {"auc_source": rank_auc(*_subset(records, mt, sec, _is("source"))),
+                "auc_target": rank_auc(*_subset(records, mt, sec, _is("target"))),
+                "pauc_source": mcclish_pauc(*_subset(records, mt, sec, _is("source"))),
+                "pauc_target": mcclish_pauc(*_subset(records, mt, sec, _is("target")))}
+        assert r.official == pytest.approx(want, abs=1e-12)
+        values += want.values()
+    assert len(values) == 12
+    assert ev.official_score == pytest.approx(ref_hmean(values), rel=1e-12)
+    # It differs from 2022's per-domain AUC (all anomalies of the section there).
+    r = ev.sections[("fan", "00")]
+    assert r.official["auc_source"] != evaluate_records(records).sections[("fan", "00")].official["auc_source"]
+    rows = ev.format_table().splitlines()
+    src = next(line for line in rows if line.startswith("fan") and " 00 " in line and "source" in line)
+    assert src.split()[3:5] == [f"{100 * r.official['auc_source']:.2f}", f"{100 * r.official['pauc_source']:.2f}"]
+
+
+@pytest.mark.parametrize("names_2020, domains", [(True, True), (True, False), (False, False)],
+                         ids=["2020-names", "2020-names-no-domain", "no-domain"])
+def test_dcase2020_against_independent_computation(names_2020, domains):
+    records = random_records(seed=3, names_2020=names_2020, domains=domains)
+    if domains:  # the 2020 parser gives every clip the source domain
+        records = [dict(r, domain="source") for r in records]
+    ev = evaluate_records(records)
+    assert ev.metric == "dcase2020"
+    assert ("DCASE 2020 layout" if names_2020 else "no clip has a domain") in ev.metric_reason
+    per_type = {}
+    for (mt, sec), r in ev.sections.items():
+        want = {"auc": rank_auc(*_subset(records, mt, sec, _all)),
+                "pauc": mcclish_pauc(*_subset(records, mt, sec, _all))}
+        assert r.official == pytest.approx(want, abs=1e-12)
+        assert set(r.paper) == {"auc_mixed", "pauc_mixed"}  # no domains: the mixed figures only
+        per_type.setdefault(mt, []).append(want)
+    for mt, secs in per_type.items():  # the 2020 evaluator's "Average" rows: arithmetic
+        s = ev.machine_types[mt]
+        assert s["official"]["auc"] == pytest.approx(amean(w["auc"] for w in secs), abs=1e-12)
+        assert s["official"]["pauc"] == pytest.approx(amean(w["pauc"] for w in secs), abs=1e-12)
+        assert s["official_score"] == pytest.approx(
+            amean([w["auc"] for w in secs] + [w["pauc"] for w in secs]), abs=1e-12)
+    assert ev.official_score == pytest.approx(
+        amean(ev.machine_types[mt]["official_score"] for mt in per_type), abs=1e-12)
+    assert ev.official["auc"] == pytest.approx(
+        amean(ev.machine_types[mt]["official"]["auc"] for mt in per_type), abs=1e-12)
+    table = ev.format_table()
+    assert "arithmetic mean over 2 machine type(s)" in table and "DCASE 2020" in table
+    assert any(line.startswith("fan") and " mean " in line for line in table.splitlines())
+    assert ev.to_dict()["metric"]["name"] == "dcase2020"
+
+
+def test_metric_choice_and_names():
+    with_domains = random_records()
+    assert resolve_metric("auto", with_domains)[0].name == "dcase2022"
+    assert resolve_metric("auto", with_domains, layout_year=2021)[0].name == "dcase2021"
+    assert resolve_metric("auto", with_domains, layout_year=2020)[0].name == "dcase2020"
+    assert resolve_metric("auto", random_records(domains=False))[0].name == "dcase2020"
+    assert resolve_metric("2020", with_domains)[0].name == "dcase2020"  # forced
+    assert metric_by_name("dcase2025") is METRICS["dcase2022"] is metric_by_name("2024")
+    with pytest.raises(ValueError, match="unknown metric '2019'.*auto"):
+        evaluate_records(with_domains, metric="2019")
+    # The 2022 metric needs every domain: one record without is an error, as before.
+    mixed = random_records()
+    del mixed[0]["domain"]
+    with pytest.raises(ValueError, match="misses domain"):
+        evaluate_records(mixed)
+
+
+def test_partial_labels_every_year():
+    """A section without anomalies and one without target normals: strict raises; otherwise the
+    undefined figures have reasons, every other figure is computed, the score is undefined."""
+    records = random_records(seed=4)
+    records = [r for r in records if not (r["section"] == "01" and r["label"] == "anomaly")]
+    records = [r for r in records if not (r["machine_type"] == "pump" and r["domain"] == "target"
+                                          and r["label"] == "normal")]
+    for metric in ("2020", "2021", "2022"):
+        with pytest.raises(ValueError, match=r"section fan/01: official .* is undefined: its clips hold \d+ normal and 0 anomalous"):
+            evaluate_records(records, metric=metric)
+        with pytest.warns(UndefinedMetricWarning, match="fan/01 official"):
+            ev = evaluate_records(records, metric=metric, allow_undefined=True)
+        assert math.isnan(ev.official_score) and "fan/01" in ev.undefined["official_score"]
+        fan00 = ev.sections[("fan", "00")]
+        assert not any(math.isnan(v) for v in fan00.official.values()) and not fan00.undefined
+        fan01 = ev.sections[("fan", "01")]
+        assert all(math.isnan(v) for v in fan01.official.values())
+        assert all("0 anomalous" in why for why in fan01.undefined.values())
+        defined = [v for r in ev.sections.values() for v in r.official.values() if not math.isnan(v)]
+        mean = amean if metric == "2020" else ref_hmean
+        if metric != "2020":  # 2020 averages per machine type first
+            assert ev.partial_official_score == pytest.approx(mean(defined), rel=1e-12)
+        json.dumps(ev.to_dict(), allow_nan=False)
+        assert "undefined:" in ev.format_table()
+    with pytest.warns(UndefinedMetricWarning):
+        pump = evaluate_records(records, metric="2022", allow_undefined=True).sections[("pump", "00")]
+    # no target normals: the official target AUC (target normals + all 7 anomalies) and the
+    # paper's target figures (the 3 target anomalies) are undefined; the rest is computed
+    assert set(pump.undefined) == {"official.auc_target", "paper.auc_target", "paper.pauc_target"}
+    assert pump.undefined["official.auc_target"] == "its clips hold 0 normal and 7 anomalous (it needs both)"
+    assert pump.undefined["paper.auc_target"] == "its clips hold 0 normal and 3 anomalous (it needs both)"
+    assert pump.official["auc_source"] == pytest.approx(
+        rank_auc(*_subset(records, "pump", "00", _with_anomalies("source"))), abs=1e-12)

@@ -115,7 +115,7 @@ def test_archives_each_clip_once_same_score_as_plain_file(data, tmp_path):
     after = tree(tmp_path, exclude=out)
     assert after == before, "something was written outside the output folder"
     assert not (tmp_path / "evil.wav").exists() and not (out.parent / "evil.wav").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["errors.csv", "run.json", "scores.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".fastasd.lock", "errors.csv", "run.json", "scores.csv"]
 
     rows = read_csv(out / "scores.csv")
     assert tuple(rows[0]) == SCORES_HEADER
@@ -326,7 +326,7 @@ def test_shards_union_is_whole_and_merge_equals_unsharded(data, tmp_path):
 
     merged = tmp_path / "merged"
     dirs = [str(out / shard_dir_name(i, n)) for i in range(n)]
-    assert main(["score", "--merge", "--out", str(merged), *dirs]) == 0
+    assert main(["score", "--merge", "--out", str(merged), *dirs]) == 3  # merged; some clips are errors
     assert _rows(merged / "scores.csv") == _rows(full / "scores.csv")
     with pytest.raises(ValueError, match=r"missing"):
         merge_shards(dirs[:2], tmp_path / "m2")
@@ -362,13 +362,13 @@ def test_cli_scores_with_fake_model(data, tmp_path, monkeypatch):
     out = tmp_path / "out"
     rc = main(["score", "MODEL", str(data["zip"]), "--out", str(out), "--batch-size", "4", "--workers", "0",
                "--no-progress", "--submission"])
-    assert rc == 0
+    assert rc == 3  # scored, with the corrupt, unsafe and unknown-section clips in errors.csv
     assert loaded == [("MODEL", "cpu")]
     assert len(read_csv(out / "scores.csv")) == 1 + len(SCORABLE)
     assert list(out.glob("anomaly_score_fan_section_00_test.csv"))
     rc = main(["score", "MODEL", str(data["zip"]), "--out", str(out), "--workers", "0", "--no-progress",
                "--resume", "--no-submission"])
-    assert rc == 0 and len(read_csv(out / "scores.csv")) == 1 + len(SCORABLE)
+    assert rc == 3 and len(read_csv(out / "scores.csv")) == 1 + len(SCORABLE)  # the run's errors stay
 
 
 # --------------------------------------------------------------------------- a real detector

@@ -1,6 +1,6 @@
 """`fastasd score --watch` (fastasd.scoring.watch_inputs): files written while it runs are scored
 once complete, never half; undecodable files are retried before they are reported; resume rules;
-Ctrl-C ends a real `fastasd score --watch` process cleanly with everything flushed."""
+Ctrl-C or SIGTERM ends a real `fastasd score --watch` process cleanly with everything flushed."""
 from __future__ import annotations
 
 import io
@@ -152,9 +152,11 @@ def test_watch_refuses_what_it_cannot_watch(tmp_path):
         watch_inputs(FakeDetector(), [tmp_path], out_dir=tmp_path / "out", poll_interval=0)
 
 
-def test_cli_watch_ctrl_c_ends_cleanly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_cli_watch_ctrl_c_or_sigterm_ends_cleanly(tmp_path, sig):
     """A real `fastasd score MODEL DIR --watch` process: files written while it runs are scored
-    as `Detector.score` scores them; SIGINT (Ctrl-C) ends it with exit 0, the journal complete."""
+    as `Detector.score` scores them; SIGINT (Ctrl-C) or SIGTERM (what systemd, docker and
+    Kubernetes send; issue 23) ends it with exit 0, the journal complete."""
     root = _tiny_dcase_root(tmp_path / "dcase")
     det = untrained_detector(root, tmp_path / "model")
     watched = tmp_path / "incoming" / "fan" / "test"
@@ -172,15 +174,17 @@ def test_cli_watch_ctrl_c_ends_cleanly(tmp_path):
             time.sleep(0.3)
         wait_for(lambda: len(names(out / "scores.csv", SCORES_HEADER)) == 3 or proc.poll() is not None,
                  what="3 clips scored")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         output = proc.communicate(timeout=60)[0].decode()
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output
+    assert f"{signal.Signals(sig).name}: stopping after the batch in flight" in output
     want = {Path(r["file"]).name: r["score"] for r in det.score(clips, num_workers=0, progress=False)}
     got = {Path(r["file"]).name: r["score"] for r in read_scores_csv(out / "scores.csv")}
     assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
     run = json.loads((out / "run.json").read_text())
     assert run["complete"] and run["summary"]["scored"] == 3
     assert (out / "anomaly_score_fan_section_00_test.csv").exists()
+

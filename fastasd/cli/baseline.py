@@ -21,12 +21,17 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decision threshold percentile of the training scores (default 90)")
     parser.add_argument("--json", metavar="FILE", default=None,
                         help="also write the evaluation (when labels are known) as JSON")
+    from fastasd.cli.evaluate import add_metric_arguments
+
+    add_metric_arguments(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``fastasd baseline``: write submission files, print the evaluation if labels are known."""
     from fastasd._io import atomic_write_json
+    from fastasd.cli.evaluate import run_logging_undefined
     from fastasd.data.audio import AudioError
+    from fastasd.data.layout import discover, layout_year
     from fastasd.metrics import evaluate_records
     from fastasd.submission import write_submission
 
@@ -43,8 +48,10 @@ def run_cli(args: argparse.Namespace) -> int:
         print("labels unknown (pass --ground-truth for an evaluation set): no evaluation")
         return 0
     try:
-        ev = evaluate_records(records)
-    except ValueError as e:  # e.g. a section holding one class only
+        year = layout_year(discover(args.data_root, ground_truth=args.ground_truth, splits=("test",)))
+        ev = run_logging_undefined(evaluate_records, records, allow_undefined=not args.strict,
+                                   metric=args.metric, layout_year=year)
+    except ValueError as e:  # with --strict: e.g. a section holding one class only
         print(f"fastasd baseline: cannot evaluate: {e}", file=sys.stderr)
         return 2
     print(ev.format_table())

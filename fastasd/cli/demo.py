@@ -45,45 +45,53 @@ QUICK_SYNTH = dict(machine_types=["fan", "valve"], sections=1, n_train_source=8,
 QUICK_OVERRIDES = dict(clip_seconds=0.5, batch_size=4, epochs=1)
 
 
-def evaluate_detector(detector, root, *, out_dir=None, progress: bool | None = False):
+def evaluate_detector(detector, root, *, out_dir=None, progress: bool | None = False,
+                      strict: bool = True, metric: str = "auto"):
     """Score the test clips of ``root`` with ``detector`` and evaluate them
-    (:class:`fastasd.metrics.Evaluation`). With ``out_dir``, scores.csv and the submission
-    files are written there (an earlier run in it is replaced)."""
+    (:class:`fastasd.metrics.Evaluation`; ``strict`` and ``metric`` as ``allow_undefined=not
+    strict`` and ``metric`` of :func:`fastasd.metrics.evaluate_records`). With ``out_dir``,
+    scores.csv and the submission files are written there (an earlier run in it is replaced)."""
     from fastasd.metrics import evaluate_records
 
     records = detector.score(root, out_dir=out_dir, overwrite=out_dir is not None,
                              submission=True if out_dir is not None else None, progress=progress,
                              num_workers=0)
-    return evaluate_records(records)
+    return evaluate_records(records, allow_undefined=not strict, metric=metric)
 
 
-def baseline_evaluation(root):
-    """The simple baseline's :class:`fastasd.metrics.Evaluation` on ``root``."""
+def baseline_evaluation(root, *, strict: bool = True, metric: str = "auto"):
+    """The simple baseline's :class:`fastasd.metrics.Evaluation` on ``root`` (``strict``,
+    ``metric`` as in :func:`evaluate_detector`)."""
     from fastasd.baseline import baseline_scores
     from fastasd.metrics import evaluate_records
 
-    return evaluate_records(baseline_scores(root))
+    return evaluate_records(baseline_scores(root), allow_undefined=not strict, metric=metric)
 
 
 def comparison_table(rows: list[tuple[str, object]]) -> str:
-    """A fixed-width table of ``(name, Evaluation)`` rows: the official score, its three parts
-    (official AUC source and target, pAUC) and the paper's mixed AUC and pAUC, in %."""
-    cols = ("official", "AUC src", "AUC tgt", "pAUC", "mixed AUC", "mixed pAUC")
+    """A fixed-width table of ``(name, Evaluation)`` rows (one official metric): the official
+    score, its parts (DCASE 2022-2025: official AUC source and target, pAUC) and the paper's
+    mixed AUC and pAUC, in % ("undef." where undefined)."""
+    from fastasd.metrics import METRICS
+
+    metric = METRICS[rows[0][1].metric]
+    cols = ("official", *metric.keys, "mixed AUC", "mixed pAUC")
     width = max(len(n) for n, _ in rows)
-    head = f"{'system':<{width}} " + " ".join(f"{c:>10}" for c in cols)
+    head = f"{'system':<{width}} " + " ".join(f"{c:>11}" for c in cols)
     lines = [head, "-" * len(head)]
     for name, ev in rows:
-        vals = (ev.official_score, ev.official["auc_source"], ev.official["auc_target"],
-                ev.official["pauc"], ev.paper["auc_mixed"], ev.paper["pauc_mixed"])
-        lines.append(f"{name:<{width}} " + " ".join(f"{100 * v:10.2f}" for v in vals))
-    lines.append("official = DCASE official score (harmonic mean of AUC src, AUC tgt and pAUC over the "
-                 "sections); AUC src/tgt: that domain's normals against all anomalies; mixed: the "
-                 "paper's AUC/pAUC on all clips")
+        vals = (ev.official_score, *(ev.official[k] for k in metric.keys), ev.paper["auc_mixed"],
+                ev.paper["pauc_mixed"])
+        lines.append(f"{name:<{width}} " + " ".join(
+            f"{'undef.':>11}" if v != v else f"{100 * v:11.2f}" for v in vals))
+    lines.append(f"official = {metric.title} official score; {metric.legend}; mixed: the paper's "
+                 "AUC/pAUC on all clips")
     return "\n".join(lines)
 
 
 def run_demo(out: str | Path = "fastasd_demo", *, seed: int = 0, quick: bool = False,
-             progress: bool | None = None, echo=print) -> dict:
+             progress: bool | None = None, echo=print, strict: bool = False,
+             metric: str = "auto") -> dict:
     """Run the demo (see the module docstring); returns a summary dict.
 
     Args:
@@ -92,6 +100,9 @@ def run_demo(out: str | Path = "fastasd_demo", *, seed: int = 0, quick: bool = F
         quick: the tiny smoke-test version.
         progress: progress bars (None: only on a terminal).
         echo: where the report lines go (``print`` by default).
+        strict: fail on a figure that is undefined (one class in its clips) instead of reporting
+            it as undefined (``fastasd demo --strict``).
+        metric: the official metric ("auto": from the data; see :func:`fastasd.metrics.resolve_metric`).
     """
     from fastasd import api
     from fastasd._io import atomic_write_json, atomic_write_text
@@ -114,7 +125,7 @@ def run_demo(out: str | Path = "fastasd_demo", *, seed: int = 0, quick: bool = F
          f"{len(info['sections'])} section(s) each) in {times['synthesize']:.0f} s -> {data}")
 
     t = time.perf_counter()
-    base = baseline_evaluation(data)
+    base = baseline_evaluation(data, strict=strict, metric=metric)
     times["baseline"] = time.perf_counter() - t
     echo(f"[2/6] baseline (mean log-spectrum + nearest neighbour): official score "
          f"{100 * base.official_score:.2f} % ({times['baseline']:.0f} s)")
@@ -129,13 +140,15 @@ def run_demo(out: str | Path = "fastasd_demo", *, seed: int = 0, quick: bool = F
     echo(f"      trained in {times['train']:.0f} s -> {model_dir}")
 
     t = time.perf_counter()
-    ev = evaluate_detector(det, data, out_dir=scores_dir, progress=progress)
+    ev = evaluate_detector(det, data, out_dir=scores_dir, progress=progress, strict=strict,
+                           metric=metric)
     times["score+evaluate"] = time.perf_counter() - t
     echo(f"[4/6] scored {len(ev.records)} test clips in {times['score+evaluate']:.0f} s -> {scores_dir}")
 
     t = time.perf_counter()
     det_bal = det.refit_backend(data, balanced_dir, preset="balanced", progress=progress)
-    ev_bal = evaluate_detector(det_bal, data, out_dir=balanced_scores_dir, progress=progress)
+    ev_bal = evaluate_detector(det_bal, data, out_dir=balanced_scores_dir, progress=progress,
+                               strict=strict, metric=metric)
     times["balanced backend"] = time.perf_counter() - t
     echo(f"[5/6] refitted the backend for domain-balanced scores (preset 'balanced': local-density "
          f"normalization, same networks) and scored the test clips in {times['balanced backend']:.0f} s "
@@ -203,13 +216,19 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny smoke-test version (seconds; the model does not learn)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from fastasd.cli.evaluate import add_metric_arguments
+
+    add_metric_arguments(parser)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``fastasd demo``; returns the exit status."""
+    from fastasd.cli.evaluate import run_logging_undefined
+
     try:
-        run_demo(args.out, seed=args.seed, quick=args.quick,
-                 progress=False if args.no_progress else None)
+        run_logging_undefined(run_demo, args.out, seed=args.seed, quick=args.quick,
+                              progress=False if args.no_progress else None, strict=args.strict,
+                              metric=args.metric)
     except (ValueError, FileExistsError, OSError) as e:
         print(f"fastasd demo: {e}", file=sys.stderr)
         return 2

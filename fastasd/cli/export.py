@@ -14,13 +14,20 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the check of the graph's scores against the PyTorch detector")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing FILE (never one of the model's own files)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """``fastasd export``: write the ONNX graph; 1 with the reason when it cannot."""
+    """``fastasd export``: write the ONNX graph; 2 with the reason for a usage error (a missing
+    model, an ``--out`` that exists or is a folder), 1 when the model cannot be exported."""
     try:
-        out = export_onnx(args.model, args.out, opset=args.opset, verify=not args.no_verify)
-    except (ValueError, FileNotFoundError, ImportError) as e:
+        out = export_onnx(args.model, args.out, opset=args.opset, verify=not args.no_verify,
+                          overwrite=args.overwrite)
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, ImportError) as e:
+        print(f"fastasd export: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
         print(f"fastasd export: {e}", file=sys.stderr)
         return 1
     meta = OnnxDetector(out).metadata if not args.no_verify else None

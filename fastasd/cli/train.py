@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from fastasd.config import PRESETS, Config
@@ -34,6 +35,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="where to save the model")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted training from MODEL_DIR/checkpoints")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the model and training checkpoints already in MODEL_DIR "
+                             "(without it, or --resume, an existing one is refused)")
     parser.add_argument("--ground-truth", metavar="GT", default=None,
                         help="ground-truth folder for unlabelled test names (not needed to train)")
     parser.add_argument("--preset", choices=tuple(PRESETS), default="paper",
@@ -83,6 +87,31 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return base.replace(**overrides) if overrides else base
 
 
+def _refuse_replacing(out: Path, *, resume: bool, overwrite: bool) -> str | None:
+    """Why training into ``out`` is refused (None: it is not). A folder holding a trained model
+    (``manifest.json``) or training checkpoints needs ``--resume`` (continue from the
+    checkpoints) or ``--overwrite`` (its checkpoints are removed, so no member of the old training
+    can be resumed into the new one; the model files are replaced when the new one is saved)."""
+    from fastasd.api import MANIFEST
+
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a folder"
+    if resume and overwrite:
+        return "--resume and --overwrite exclude each other"
+    checkpoints = sorted((out / "checkpoints").glob("member_*.pt")) if out.is_dir() else []
+    held = (["a trained model"] if (out / MANIFEST).exists() else []) + (
+        [f"{len(checkpoints)} training checkpoint(s)"] if checkpoints else [])
+    if not held or resume:
+        return None
+    if not overwrite:
+        return (f"{out} already holds {' and '.join(held)}; pass --overwrite to replace them, or --resume to "
+                "continue that training")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one process removes them
+        for p in checkpoints:
+            p.unlink()
+    return None
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """Run ``fastasd train``; returns the exit status."""
     from fastasd import api
@@ -92,6 +121,10 @@ def run_cli(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except (ValueError, OSError) as e:
         print(f"fastasd train: {e}", file=sys.stderr)
+        return 2
+    refused = _refuse_replacing(Path(args.out), resume=args.resume, overwrite=args.overwrite)
+    if refused:
+        print(f"fastasd train: {refused}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     try:

@@ -64,12 +64,12 @@ import threading
 import zipfile
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Union
 
 import numpy as np
 
-from fastasd.data.audio import AudioError, load_audio
+from fastasd.data.audio import AudioError, decode_audio
 from fastasd.data.layout import SPLIT_FOLDERS, is_audio_file, parse_file_name
 
 logger = logging.getLogger(__name__)
@@ -133,9 +133,12 @@ class AudioSource:
     def open(self) -> BinaryIO:
         """Open the clip's bytes for reading.
 
-        A file is opened on disk; an archive member is read into memory (``io.BytesIO``), never
-        extracted. A ``"tarstream"`` member is found by streaming its archive from the start,
-        which is slow for many members: the scoring pipeline reads those in one pass instead
+        A file is opened on disk; an archive member is never extracted: one of up to
+        :data:`IN_MEMORY_BYTES` is read into memory (``io.BytesIO``), a larger one is read on
+        demand (a zip member decompressed as it is read, an uncompressed tar member as a window
+        of the archive), so a decoder that needs only its first seconds reads only those. A
+        ``"tarstream"`` member is found by streaming its archive from the start, which is slow
+        for many members: the scoring pipeline reads those in one pass instead
         (:func:`iter_payloads`).
 
         Raises:
@@ -150,9 +153,13 @@ class AudioSource:
             zf = _cached_zip(self.path)
             info = zf.getinfo(self.member)
             _check_size(self.name, info.file_size)
+            if info.file_size > IN_MEMORY_BYTES:
+                return io.BufferedReader(_ForwardStream(lambda: zf.open(info), info.file_size))
             return io.BytesIO(zf.read(info))
         if self.kind == "tar":
             _check_size(self.name, self.size)
+            if self.size > IN_MEMORY_BYTES:
+                return io.BufferedReader(_FileWindow(self.path, self.offset, self.size))
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 data = f.read(self.size)
@@ -165,6 +172,106 @@ class AudioSource:
                     raise OSError(f"{self.name}: {error}")
                 return io.BytesIO(data)
         raise ValueError(f"{self.name}: unknown source kind {self.kind!r}")
+
+
+#: Archive members up to this size (bytes) are read into memory whole when opened; larger ones are
+#: read on demand (see :meth:`AudioSource.open`).
+IN_MEMORY_BYTES = 64 << 20
+
+
+class _SizedReader(io.RawIOBase):
+    """A read-only stream of ``size`` bytes whose seeks only move the position (``_pos``); the
+    subclass reads at it."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self._size, self._pos = size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+
+class _FileWindow(_SizedReader):
+    """Bytes ``[offset, offset + size)`` of a file (an uncompressed tar member), read on demand."""
+
+    def __init__(self, path: str, offset: int, size: int):
+        super().__init__(size)
+        self._file = open(path, "rb")
+        self._offset = offset
+
+    def readinto(self, buffer) -> int:
+        n = max(0, min(len(buffer), self._size - self._pos))
+        if n == 0:
+            return 0
+        self._file.seek(self._offset + self._pos)
+        got = self._file.readinto(memoryview(buffer)[:n]) or 0
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+class _ForwardStream(_SizedReader):
+    """A member of ``size`` bytes from a stream that only reads forward (a zip member, decompressed
+    as it is read), made seekable lazily: a seek only moves the position (the end is known
+    without reading to it), a read after a forward seek skips in small steps, and one after a
+    backward seek reopens the stream. So a decoder that looks at the size, the header and the
+    first seconds holds a few small buffers, never the member."""
+
+    _STEP = 1 << 16
+
+    def __init__(self, reopen, size: int):
+        super().__init__(size)
+        self._reopen = reopen
+        self._stream, self._at = reopen(), 0
+
+    def readinto(self, buffer) -> int:
+        if self._pos < self._at:
+            self._stream.close()
+            self._stream, self._at = self._reopen(), 0
+        while self._at < self._pos:
+            skipped = len(self._stream.read(min(self._STEP, self._pos - self._at)))
+            if not skipped:
+                return 0  # past the end
+            self._at += skipped
+        data = self._stream.read(len(buffer))
+        buffer[:len(data)] = data
+        self._at = self._pos = self._at + len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
+def text_name(name: str) -> str:
+    """``name`` as UTF-8 text, for the CSV files and messages: a name that is valid UTF-8 stays as
+    it is; bytes that are not (a Latin-1 file name from a Windows share, which Python keeps as
+    lone surrogates, ``os.fsdecode``'s ``surrogateescape``) are written as ``\\xNN``. The same raw
+    name always gives the same text, so the text identifies the clip when a run is resumed."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no decoder made: escape it as a code point
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _check_size(name: str, size: int) -> None:
@@ -354,7 +461,12 @@ def _expand(inp: str, override, stats: Counter, depth: int) -> Iterator[AudioSou
             if depth >= _MAX_LIST_DEPTH:
                 raise ValueError(f"{inp}: list files nested more than {_MAX_LIST_DEPTH} deep (does it list itself?)")
             for entry in read_list_file(inp):
-                yield from _expand(entry, override, stats, depth + 1)
+                try:
+                    yield from _expand(entry, override, stats, depth + 1)
+                except FileNotFoundError:
+                    # one missing entry of a list is that clip's error (errors.csv), not the job's
+                    missing = os.path.normpath(entry)
+                    yield AudioSource(name=missing, path=missing, problem=f"not found (listed in {inp})")
         elif is_audio_file(inp):
             yield _file_source(os.path.normpath(inp), override)
         else:
@@ -385,11 +497,12 @@ def read_list_file(path: PathLike) -> list[str]:
     """Entries of a list file: one input per line, relative to the list file's folder.
 
     Blank lines and lines whose first non-blank character is ``#`` are ignored; surrounding
-    whitespace is stripped. Absolute entries stay as they are.
+    whitespace is stripped. Absolute entries stay as they are. Bytes that are not UTF-8 are kept
+    as the file system keeps them (``surrogateescape``), so a list of Latin-1 names works.
     """
     base = os.path.dirname(os.fspath(path))
     out = []
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
         for line in f:
             entry = line.strip()
             if not entry or entry.startswith("#"):
@@ -451,15 +564,28 @@ def _member_source(archive: str, member: str, kind: str, override, **where) -> A
 
 def _filter_members(archive: str, entries: list[tuple[str, dict]], kind: str, override, stats: Counter):
     """Archive members -> sources, in the given order; unsafe names are yielded (``problem`` set)
-    whatever their extension, the rest go through :func:`_dcase_filter`."""
+    whatever their extension, the rest go through :func:`_dcase_filter`. A name that several
+    members share is yielded once, with ``problem`` set: which copy is meant is ambiguous (zip and
+    tar readers would pick different ones), so none is scored, in every archive format alike."""
     where = dict(entries)
+    copies = Counter(m for m, _ in entries)
     safe = [m for m, _ in entries if not is_unsafe_member(m)]
     keep = dict(_dcase_filter(safe, {m: (_member_parts(m)[-2:-1] or [""])[0] for m in safe}, stats))
+    yielded: set[str] = set()
     for member, _ in entries:
+        if member in yielded:
+            continue
         if member not in keep:
-            yield _member_source(archive, member, kind, override)
+            src = _member_source(archive, member, kind, override)
+        elif keep[member] and copies[member] > 1:
+            src = replace(_member_source(archive, member, kind, override),
+                          problem=f"{copies[member]} members of the archive have this name: ambiguous, none is read")
         elif keep[member]:
-            yield _member_source(archive, member, kind, override, **where[member])
+            src = _member_source(archive, member, kind, override, **where[member])
+        else:
+            continue
+        yielded.add(member)
+        yield src
 
 
 def _zip_sources(path: str, override, stats: Counter) -> Iterator[AudioSource]:
@@ -659,17 +785,19 @@ def decode_source(
         sample_rate, num_samples, channel: see :func:`fastasd.data.audio.load_audio`.
 
     Returns:
-        ``(float32 waveform [num_samples], None)`` or ``(None, reason)``: errors travel as values
-        so one bad clip never stops a pool.
+        ``(float32 waveform [num_samples], note)``, where ``note`` is None or says that the clip
+        is far shorter than ``num_samples`` (:func:`fastasd.data.audio.decode_audio`; the clip is
+        still scored), or ``(None, reason)``: errors travel as values so one bad clip never stops
+        a pool.
     """
     kwargs = dict(sample_rate=sample_rate, num_samples=num_samples, channel=channel, name=source.name)
     try:
         if data is not None:
-            return load_audio(io.BytesIO(data), **kwargs), None
+            return decode_audio(io.BytesIO(data), **kwargs)
         if source.kind == "file" and source.problem is None:
-            return load_audio(source.path, **kwargs), None
+            return decode_audio(source.path, **kwargs)
         with source.open() as f:
-            return load_audio(f, **kwargs), None
+            return decode_audio(f, **kwargs)
     except AudioError as e:
         # libsndfile names an in-memory member by its repr ("<_io.BytesIO object at 0x7f...>"),
         # which differs from run to run: say the member's name, so reasons are reproducible.
@@ -684,5 +812,5 @@ def decode_source(
 __all__ = [
     "AudioSource", "MEMBER_SEP", "iter_sources", "iter_payloads", "decode_source", "describe",
     "parse_section", "parse_shard", "resolve_shard", "shard_sources", "read_list_file",
-    "is_unsafe_member", "max_member_bytes",
+    "is_unsafe_member", "max_member_bytes", "text_name",
 ]

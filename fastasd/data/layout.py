@@ -210,7 +210,12 @@ _GT_FILE_RE = re.compile(r"^ground_truth_(?P<mt>.+)_section_(?P<section>\d+)_tes
 
 
 def _read_gt_dir(directory: Path, values: dict[str, str], out: dict, slot: int) -> int:
-    """Read one ground_truth_* folder into ``out[(mt, section, name)][slot]``; returns file count."""
+    """Read one ground_truth_* folder into ``out[(mt, section, name)][slot]``; returns file count.
+
+    A name listed twice in one file is an error (naming the file, the name and both lines):
+    the official evaluators would count it twice, and with opposite values one row would
+    silently win.
+    """
     n_files = 0
     for csv_path in sorted(directory.glob("ground_truth_*_section_*_test.csv")):
         m = _GT_FILE_RE.match(csv_path.name)
@@ -218,6 +223,7 @@ def _read_gt_dir(directory: Path, values: dict[str, str], out: dict, slot: int) 
             continue
         n_files += 1
         mt, section = m["mt"], m["section"]
+        first_line: dict[str, tuple[int, str]] = {}
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             for row_no, row in enumerate(csv.reader(f), start=1):
                 if len(row) < 2 or not row[0].strip():
@@ -230,7 +236,15 @@ def _read_gt_dir(directory: Path, values: dict[str, str], out: dict, slot: int) 
                     raise ValueError(f"{csv_path}: line {row_no}: expected 'name,0|1', got {row!r}")
                 if flag not in (0, 1):
                     raise ValueError(f"{csv_path}: line {row_no}: value must be 0 or 1, got {row[1]!r}")
-                key = (mt, section, _basename(row[0].strip()))
+                name = _basename(row[0].strip())
+                if name in first_line:
+                    line, before = first_line[name]
+                    what = ("with opposite values" if before != values[str(flag)] else "twice")
+                    raise ValueError(
+                        f"{csv_path}: {name} is listed {what} (line {line}: {before}, line "
+                        f"{row_no}: {values[str(flag)]}); each test file must appear once")
+                first_line[name] = (row_no, values[str(flag)])
+                key = (mt, section, name)
                 entry = out.setdefault(key, ["unknown", "unknown"])
                 entry[slot] = values[str(flag)]
     return n_files
@@ -266,6 +280,23 @@ def read_ground_truth(gt_root: PathLike) -> dict[tuple[str, str, str], tuple[str
 
 
 # --------------------------------------------------------------------------- discovery
+
+
+def layout_year(clips: Iterable[Clip]) -> int | None:
+    """The DCASE year that the layout of ``clips`` reveals, if it reveals one.
+
+    2020 when every name follows the 2020 convention (``normal_id_00_00000000.wav``: machine
+    ids, no domains); 2021 when a test clip lies in the 2021 folders ``source_test/`` or
+    ``target_test/``; None otherwise (the 2022-2025 layouts look alike, and a 2021 set whose test
+    folders were merged looks like them too). :func:`fastasd.metrics.resolve_metric` uses it.
+    """
+    clips = list(clips)
+    if clips and all(_ID_RE.match(_stem(c.file_name)) for c in clips):
+        return 2020
+    if any(c.split == "test" and os.path.basename(os.path.dirname(c.path)) in
+           ("source_test", "target_test") for c in clips):
+        return 2021
+    return None
 
 
 def _has_split_folder(directory: Path) -> bool:

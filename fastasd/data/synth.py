@@ -42,6 +42,10 @@ The physics (all vectorized numpy, no per-sample Python loops):
   baseline (``fastasd.baseline``) is clearly above chance but far from perfect, and clearly worse
   on the target domain (``benchmarks/results/synth_baseline.md``).
 
+Label regimes: :func:`label_regime` links a generated set into the labels of DCASE 2023-2025
+(one section per machine type) or of a user without metadata (every machine its own type,
+``noAttribute``), for studies of the auxiliary classes (``benchmarks/studies.py labels``).
+
 Determinism: every clip has its own ``numpy.random.Generator`` seeded by
 ``(seed, crc32(machine_type), section, split, domain, label, index)``, instance and domain
 parameters by ``(seed, crc32(machine_type), section, purpose)``; so the same arguments give
@@ -849,3 +853,68 @@ def _write_eval_copy(out: Path, seed: int, attr_rows, written) -> dict[str, str]
         atomic_write_text(gt / "ground_truth_data" / f"ground_truth_{mt}_section_{ss}_test.csv", _csv_text(gt_data))
         atomic_write_text(gt / "ground_truth_domain" / f"ground_truth_{mt}_section_{ss}_test.csv", _csv_text(gt_domain))
     return names
+
+
+# --------------------------------------------------------------------------- label regimes
+LABEL_REGIMES = ("full", "dcase2023", "nometa")
+_NAME = r"^section_(?P<ss>\d+)_(?P<rest>(?:source|target)_(?:train|test)_(?:normal|anomaly)_\d+)_.*\.wav$"
+
+
+def label_regime(root, out_dir, regime: str) -> dict:
+    """A copy of the synthetic set at ``root`` as it would be labelled in another regime, with hard
+    links to the same WAV files (a copy where the file system has none): no new audio.
+
+    - ``full``: the set as generated (every section's attributes, as DCASE 2020-2022).
+    - ``dcase2023``: ONE section per machine type, as DCASE 2023-2025: the i-th machine type keeps
+      section ``sections[i % len(sections)]`` (so both kinds of domain shift stay), attribute
+      names and ``attributes_<ss>.csv`` kept. Half the clips of a two-section set.
+    - ``nometa``: no metadata: every machine (machine type x section) becomes a machine type of
+      its own, ``<type><ss>`` with section 00, and every file name ends in ``noAttribute``, so
+      only machine type and domain can form classes. The same clips and sections as ``full``.
+
+    ``out_dir`` is replaced when it holds an earlier copy (its ``synth_info.json`` says
+    ``label_regime``); any other non-empty folder is refused. Returns the copy's info dict
+    (``root``, ``regime``, ``machine_types``, ``n_files``).
+    """
+    import json
+    import os
+    import re
+
+    if regime not in LABEL_REGIMES:
+        raise ValueError(f"label_regime: regime {regime!r} is not one of {list(LABEL_REGIMES)}")
+    root, out = Path(root), Path(out_dir)
+    info_path = root / INFO_FILE
+    if not info_path.is_file():
+        raise FileNotFoundError(f"label_regime: {root} holds no {INFO_FILE} (not a synthetic set)")
+    src = json.loads(info_path.read_text(encoding="utf-8"))
+    if src.get("status") != "complete" or "label_regime" in src:
+        raise ValueError(f"label_regime: {root} is not a complete generated set")
+    secs = src["sections"]
+    plan = []  # (machine type, section, name of the copy's machine type)
+    for i, mt in enumerate(src["machine_types"]):
+        for ss in (secs if regime != "dcase2023" else [secs[i % len(secs)]]):
+            plan.append((mt, ss, f"{mt}{ss}" if regime == "nometa" else mt))
+    _prepare_out(out)
+    info = {"generator": "fastasd.data.synth", "status": "incomplete", "label_regime": regime,
+            "source": str(root.resolve()), "machine_types": list(dict.fromkeys(p[2] for p in plan))}
+    atomic_write_json(out / INFO_FILE, info)  # lists the folders a later call may replace
+    pattern = re.compile(_NAME)
+    n_files = 0
+    for mt, ss, new_mt in plan:
+        for split in ("train", "test"):
+            (out / new_mt / split).mkdir(parents=True, exist_ok=True)
+            for f in sorted((root / mt / split).iterdir()):
+                m = pattern.match(f.name)
+                if m is None or m["ss"] != ss:
+                    continue
+                name = f"section_00_{m['rest']}_noAttribute.wav" if regime == "nometa" else f.name
+                try:
+                    os.link(f, out / new_mt / split / name)
+                except OSError:  # another file system, or no hard links there
+                    shutil.copyfile(f, out / new_mt / split / name)
+                n_files += 1
+        if regime != "nometa":
+            shutil.copyfile(root / mt / f"attributes_{ss}.csv", out / new_mt / f"attributes_{ss}.csv")
+    info.update(status="complete", n_files=n_files)
+    atomic_write_json(out / INFO_FILE, info)
+    return {"root": str(out), "regime": regime, "machine_types": info["machine_types"], "n_files": n_files}

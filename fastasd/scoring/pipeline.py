@@ -4,6 +4,7 @@ runs a detector on them (see "Pipeline" in :mod:`fastasd.scoring`).
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import queue
@@ -12,9 +13,14 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from fastasd.data.inputs import AudioSource, decode_source, iter_payloads, warm_up
+import numpy as np
+
+from fastasd.data.inputs import AudioSource, decode_source, iter_payloads, text_name, warm_up
+
+logger = logging.getLogger("fastasd.score")  # the name its log lines always had
 
 _N_BUFFERS = 3  # batch buffers: one in the model, one being filled, one spare
+_WINDOW_BATCHES = 4  # clips in flight (decoded or being decoded): this many batches' worth
 
 
 @dataclass
@@ -22,6 +28,7 @@ class _Batch:
     buffer: int | None                      # index of the batch buffer holding the waveforms
     sources: list[AudioSource] = field(default_factory=list)
     errors: list[tuple[AudioSource, str]] = field(default_factory=list)
+    notes: list[tuple[AudioSource, str]] = field(default_factory=list)  # decoded, scored, but worth a word
 
 
 def default_num_workers(cuda: bool) -> int:
@@ -45,6 +52,57 @@ def default_num_workers(cuda: bool) -> int:
     return max(1, min(8, cores - 1))
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cap_num_workers(num_workers: int | None) -> int | None:
+    """``num_workers`` checked: ValueError below 0; more decode processes than this process may
+    use CPUs (``os.sched_getaffinity``) cannot decode faster, so more are capped, with a warning."""
+    if num_workers is None:
+        return None
+    if num_workers < 0:
+        raise ValueError(f"num_workers (--workers) must be >= 0, got {num_workers}")
+    cores = _cores()
+    if num_workers > cores:
+        logger.warning("--workers %d: capped to %d, the CPUs this process may use", num_workers, cores)
+        return cores
+    return num_workers
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_batch_size(batch_size: int, num_samples: int) -> None:
+    """ValueError (naming ``--batch-size``) when the pipeline's waveform buffers alone, the batch
+    buffers plus the clips in flight (``(3 + 4) x batch_size`` float32 clips of ``num_samples``),
+    would not fit in the memory available now: such a run could only end out of memory."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size (--batch-size) must be >= 1, got {batch_size}")
+    clips = (_N_BUFFERS + _WINDOW_BATCHES) * batch_size
+    need = clips * int(num_samples) * 4
+    available = _available_memory()
+    if available is not None and need > available:
+        raise ValueError(f"batch_size (--batch-size) {batch_size}: the scoring pipeline's buffers alone take "
+                         f"{need / 2**30:.1f} GiB ({clips} clips of {num_samples} float32 samples), more than "
+                         f"the {available / 2**30:.1f} GiB of memory available: use a smaller batch size")
+
+
 def default_device() -> str:
     """``cuda:LOCAL_RANK`` under torchrun with CUDA, else ``cuda`` if available, else ``cpu``."""
     import torch
@@ -65,7 +123,7 @@ class _Pipeline:
         self.sources = sources
         self.batch_size = batch_size
         self.decode_kwargs = dict(sample_rate=sample_rate, num_samples=num_samples, channel=channel)
-        self.window = window or 4 * batch_size
+        self.window = window or _WINDOW_BATCHES * batch_size
         self.buffers = [torch.empty((batch_size, num_samples), dtype=torch.float32, pin_memory=pin_memory)
                         for _ in range(_N_BUFFERS)]  # pinned: allocated in the current device's context
         self._np_buffers = [b.numpy() for b in self.buffers]
@@ -153,6 +211,8 @@ class _Pipeline:
                         batch.buffer = self._get(self._free)
                     self._np_buffers[batch.buffer][len(batch.sources)] = x
                     batch.sources.append(src)
+                    if reason is not None:  # decoded with a note (a short clip): scored all the same
+                        batch.notes.append((src, reason))
                 # A run of unreadable clips is still reported batch by batch (progress, journal).
                 if len(batch.sources) == self.batch_size or len(batch.errors) >= self.batch_size:
                     if not self._put(self._ready, batch):
@@ -193,15 +253,23 @@ class _Stopped(Exception):
     pass
 
 
+class DetectorFailed(RuntimeError):
+    """The detector fails on a clip of plain noise too: it, or its device, is broken, not the
+    clips (the run stops; ``--resume`` goes on once it is fixed). Raised from the error."""
+
+
 # --------------------------------------------------------------------------- running a detector
 
 
 def _scored_batches(detector, todo: list[AudioSource], *, batch_size: int, num_workers: int | None,
-                    bf16: bool) -> Iterator[tuple[list[dict], list[tuple[AudioSource, str]]]]:
-    """Run the pipeline on ``todo``: per batch, ``(records, [(source, reason) not decoded])``.
+                    bf16: bool) -> Iterator[tuple[list[dict], list[tuple[AudioSource, str]], list[tuple[AudioSource, str]]]]:
+    """Run the pipeline on ``todo``: per batch, ``(records, [(source, reason) not scored],
+    [(source, note) scored with a note])``.
 
-    The one loop of decoding and scoring that :func:`score_inputs` and :func:`watch_inputs`
-    share; the pipeline is closed when the generator ends or is closed."""
+    Whatever one clip does, it ends in ``records`` or in the reasons: a clip that does not decode
+    comes with the decoder's reason, and the model's failures are isolated per clip
+    (:func:`_score_clips`). The one loop of decoding and scoring that :func:`score_inputs` and
+    :func:`watch_inputs` share; the pipeline is closed when the generator ends or is closed."""
     if not todo:
         return
     device = _device_of(detector)
@@ -218,25 +286,108 @@ def _scored_batches(detector, todo: list[AudioSource], *, batch_size: int, num_w
     )
     try:
         for batch in pipeline:
-            records = []
+            records, failed, scored = [], list(batch.errors), set()
             if batch.sources:
                 x = pipeline.buffers[batch.buffer][: len(batch.sources)]
                 if device.type != "cpu":
                     x = x.to(device, non_blocking=True)
-                scores, decisions = detector.score_waveforms(
-                    x, [s.machine_type for s in batch.sources], [s.section for s in batch.sources],
-                    bf16=bf16)
+                outcomes = _score_clips(detector, x, batch.sources, bf16)
                 # The buffer may be refilled as soon as the scores are back (they are on the host).
                 pipeline.release(batch)
-                for src, score, dec in zip(batch.sources, scores, decisions):
+                for src, outcome in zip(batch.sources, outcomes):
+                    if isinstance(outcome, str):
+                        failed.append((src, outcome))
+                        continue
+                    score, dec = outcome
+                    scored.add(id(src))
                     records.append({
-                        "file": src.name, "file_name": src.file_name, "machine_type": src.machine_type,
-                        "section": src.section, "domain": src.domain, "label": src.label,
-                        "score": float(score), "decision": int(dec),
+                        "file": text_name(src.name), "file_name": text_name(src.file_name),
+                        "machine_type": src.machine_type, "section": src.section, "domain": src.domain,
+                        "label": src.label, "score": score, "decision": dec,
                     })
-            yield records, batch.errors
+            yield records, failed, [(src, note) for src, note in batch.notes if id(src) in scored]
     finally:
         pipeline.close()
+
+
+# --------------------------------------------------------------------------- one clip's failure
+
+
+def _score_clips(detector, x, sources: list[AudioSource], bf16: bool) -> list[tuple[float, int] | str]:
+    """Per clip of the batch ``x``: ``(score, decision)``, or the reason it is not scored.
+
+    The batch is scored at once; if the detector raises on it (one clip's extreme samples
+    overflow to non-finite embeddings, say), each clip is scored alone, so only the clips it
+    fails on are reported, with the error. A non-finite score is a failure, never a decision.
+    When a clip failed, the detector is tried on a clip of plain noise
+    (:func:`_check_detector_works`): if that fails too, the detector or its device is broken, not
+    the clips, and the error is raised, so nothing of this batch is written and ``--resume``
+    scores it again."""
+    batch_error = None
+    try:
+        outcomes = _outcomes(detector, x, sources, bf16)
+    except Exception as e:
+        batch_error = e
+        if len(sources) == 1:
+            outcomes = [_failure(e, x[0])]
+        else:
+            outcomes = []
+            for k in range(len(sources)):
+                try:
+                    outcomes += _outcomes(detector, x[k:k + 1], sources[k:k + 1], bf16)
+                except Exception as clip_error:
+                    outcomes.append(_failure(clip_error, x[k]))
+    failed = [src for src, o in zip(sources, outcomes) if isinstance(o, str)]
+    if failed:
+        _check_detector_works(detector, failed[0], bf16, batch_error)
+    return outcomes
+
+
+def _outcomes(detector, x, sources: list[AudioSource], bf16: bool) -> list[tuple[float, int] | str]:
+    scores, decisions = detector.score_waveforms(x, [s.machine_type for s in sources],
+                                                 [s.section for s in sources], bf16=bf16)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    decisions = np.asarray(decisions).reshape(-1)
+    if len(scores) != len(sources) or len(decisions) != len(sources):
+        raise ValueError(f"the detector returned {len(scores)} scores and {len(decisions)} decisions "
+                         f"for {len(sources)} clips")
+    return [(float(sc), int(dec)) if np.isfinite(sc) else f"the score is not finite ({sc}): not scored"
+            for sc, dec in zip(scores, decisions)]
+
+
+def _failure(error: Exception, waveform) -> str:
+    """The reason of a clip the detector failed on: the error, and the clip's peak when its
+    samples lie far outside [-1, 1] (the usual cause: a float file with absurd values)."""
+    reason = f"scoring failed ({_one_line(error)})"
+    try:
+        peak = float(waveform.abs().max())
+    except Exception:  # the waveform's peak is only a hint
+        return reason
+    return reason + (f"; its samples reach {peak:.3g}" if peak > 1.0 else "")
+
+
+def _check_detector_works(detector, src: AudioSource, bf16: bool, error: Exception | None) -> None:
+    """Score a clip of plain noise (seeded, 0.1 RMS) in ``src``'s section; if the detector fails
+    on it too, raise :class:`DetectorFailed` from ``error`` (the batch's error, if any)."""
+    import torch
+
+    noise = 0.1 * np.random.default_rng(0).standard_normal(int(detector.num_samples))
+    try:
+        scores, _ = detector.score_waveforms(torch.from_numpy(noise.astype(np.float32))[None],
+                                             [src.machine_type], [src.section], bf16=bf16)
+        problem = None if np.isfinite(np.asarray(scores, dtype=np.float64)).all() else "its score is not finite"
+    except Exception as e:
+        problem = _one_line(e)
+    if problem is None:
+        return  # the detector works: the failures are the clips'
+    what = _one_line(error) if error is not None else "non-finite scores"
+    raise DetectorFailed(f"the detector fails on the clips and on a clip of plain noise too ({what}; on the "
+                         f"noise: {problem}): it, or its device, is broken; the batch in flight is not "
+                         "written (--resume scores it again)") from error
+
+
+def _one_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
 
 
 def _device_of(detector):

@@ -4,7 +4,6 @@ and (when the last shard finishes) the merge.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -14,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastasd._io import atomic_write_json
-from fastasd.data.inputs import AudioSource, iter_sources, parse_section, resolve_shard, shard_sources
+from fastasd.data.lengths import log_length_fit
+from fastasd.data.inputs import AudioSource, iter_sources, parse_section, resolve_shard, shard_sources, text_name
+from fastasd.precision import runs_bfloat16
 from fastasd.scoring.journal import (
     RUN_FILE,
     SCORES_FILE,
@@ -23,9 +24,12 @@ from fastasd.scoring.journal import (
     _Journal,
     _unknown_reason,
     _write_submission_from,
+    model_identity,
+    open_run_dir,
 )
-from fastasd.scoring.merge import _merge_if_all_done, shard_dir_name
-from fastasd.scoring.pipeline import _apply_ground_truth, _scored_batches
+from fastasd.scoring.lock import RunLock
+from fastasd.scoring.merge import _merge_if_all_done, check_merge_target, shard_dir_name
+from fastasd.scoring.pipeline import _apply_ground_truth, _scored_batches, cap_num_workers, check_batch_size
 
 # One logger for the whole job, under the name the log lines have always had (the CLI prints it).
 logger = logging.getLogger("fastasd.score")  # the name its log lines always had
@@ -59,6 +63,7 @@ class ScoreSettings:
             raise ValueError("score_inputs: resume and overwrite exclude each other")
         if resume and out_dir is None:
             raise ValueError("score_inputs: resume needs out_dir")
+        options["num_workers"] = cap_num_workers(options.get("num_workers"))
         return cls(section=parse_section(section), shard=resolve_shard(shard),
                    out_dir=Path(out_dir) if out_dir is not None else None, batch_size=batch_size,
                    resume=resume, overwrite=overwrite, **options)
@@ -84,6 +89,7 @@ def score_inputs(
     shard=None,
     submission: bool | None = None,
     bf16: bool = False,
+    precision: str | None = None,
     progress: bool | None = None,
     overwrite: bool = False,
     return_records: bool = True,
@@ -106,7 +112,11 @@ def score_inputs(
         shard: ``"i/n"`` or ``(i, n)``; None: from torchrun's ``RANK``/``WORLD_SIZE``, else whole.
         submission: write the DCASE submission files (True), never (False), or by the default
             rule (None; see :mod:`fastasd.scoring`).
-        bf16: run the model in bfloat16 autocast.
+        bf16: the same as ``precision="bfloat16"`` (the older switch).
+        precision: what the networks compute in: ``"auto"`` (bfloat16 on a CPU that computes it
+            faster, :mod:`fastasd.precision`), ``"float32"``, ``"bfloat16"``; None: the
+            detector's own (:attr:`fastasd.api.Detector.precision`, ``auto`` by default; float32
+            for an ONNX detector). ``run.json``'s ``bf16`` records what ran.
         progress: tqdm bar and a summary line on stderr (None: bar only on a terminal, and only on
             shard 0 of a torchrun job; False: neither).
         overwrite: replace an existing run in ``out_dir`` instead of refusing.
@@ -116,31 +126,74 @@ def score_inputs(
 
     Returns:
         :class:`ScoreResult`: the records of every clip of this shard scored (in input order;
-        with ``resume``, the earlier run's rows too), ``.errors`` for this call, and
-        ``.summary``: ``scored`` (this call), ``resumed`` (done before), ``failed``,
-        ``unsafe``, ``unknown_section``, ``skipped`` (+ ``skipped_reasons``), ``total``
-        (clips of this shard), ``seconds``, ``clips_per_s`` (scored / wall time), ``shard``.
+        with ``resume``, the earlier run's rows too; names as in ``scores.csv``, see
+        :func:`~fastasd.data.inputs.text_name`), ``.errors`` for this call, and ``.summary``:
+        ``scored`` (this call), ``resumed`` (done before; ``resumed_failed`` of them in
+        ``errors.csv``), ``failed``, ``unsafe``, ``unknown_section``, ``warned`` (scored with a
+        note in ``warnings.csv``), ``skipped`` (+ ``skipped_reasons``), ``total`` (clips of this
+        shard), ``seconds``, ``clips_per_s`` (scored / wall time), ``shard``.
+        :func:`exit_status` turns the summary into the command's exit status.
+
+    Whatever one clip does (decoding, the model, its row), it ends in ``scores.csv`` or
+    ``errors.csv`` and the run goes on; a batch the model fails on is scored clip by clip. Only
+    a detector that fails on plain noise too stops the run (the error is raised).
 
     Raises:
-        FileExistsError: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite``.
+        FileExistsError: ``out_dir`` holds a run (or submission files) and neither ``resume``
+            nor ``overwrite``.
         FileNotFoundError: an input does not exist.
+        ValueError: bad settings, a ``batch_size`` whose buffers cannot fit in memory, or
+            ``resume`` with another model than the run's.
+        RunLocked: another process is writing to the run folder.
     """
     t0 = time.perf_counter()
+    bf16 = runs_bfloat16(detector, "bfloat16" if bf16 else precision)
     settings = ScoreSettings.parse(
         out_dir=out_dir, batch_size=batch_size, num_workers=num_workers, section=section, resume=resume,
         shard=shard, submission=submission, bf16=bf16, progress=progress, overwrite=overwrite,
         return_records=return_records, ground_truth=ground_truth,
     )
+    check_batch_size(settings.batch_size, int(detector.num_samples))
     input_list = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     sources, skipped = _enumerate_sources(input_list, settings)
-    journal, run_info = _open_run(detector, input_list, settings)
-    writer = _Writer(journal, keep_records=settings.return_records)
-    todo = _select_todo(detector, sources, writer)
-    _score_batches(detector, todo, writer, settings)
-    summary = _summary(writer.counts, skipped, len(sources), settings, seconds=time.perf_counter() - t0)
-    result = _result(sources, writer, summary, settings)
-    _finish_run(run_info, summary, settings)
+    journal, run_info, lock = _open_run(detector, input_list, settings)
+    try:
+        writer = _Writer(journal, keep_records=settings.return_records)
+        todo = _select_todo(detector, sources, writer)
+        # once per run: how many clip files the model's input length crops or pads (headers only)
+        log_length_fit([s.path for s in todo if s.kind == "file" and s.problem is None],
+                       detector.num_samples / detector.sample_rate, "scoring", logger)
+        _score_batches(detector, todo, writer, settings)
+        summary = _summary(writer.counts, skipped, len(sources), settings, seconds=time.perf_counter() - t0)
+        result = _result(sources, writer, summary, settings)
+        _finish_run(run_info, summary, settings)
+    finally:
+        if lock is not None:
+            lock.release()
     return result
+
+
+#: Exit statuses of ``fastasd score`` (README "Failure behaviour").
+EXIT_OK = 0              # every clip scored
+EXIT_STOPPED = 1         # the job stopped on an error before its end (disk full, a broken model): --resume
+EXIT_USAGE = 2           # a usage error: bad arguments, a refused output folder, a missing input or model
+EXIT_SOME_FAILED = 3     # the run finished, some clips are in errors.csv
+EXIT_NOTHING_SCORED = 4  # the run finished and no clip was scored (none found, or every one failed)
+
+
+def exit_status(summary: dict) -> int:
+    """The exit status of a finished run from its summary (:func:`score_inputs` or
+    :func:`~fastasd.scoring.merge_shards`): :data:`EXIT_OK`, :data:`EXIT_SOME_FAILED` or
+    :data:`EXIT_NOTHING_SCORED`; clips done by a resumed run count as this run's."""
+    if "errors" in summary:  # a merge's summary
+        scored, not_scored = summary["scored"], summary["errors"]
+    else:
+        before_failed = summary.get("resumed_failed", 0)
+        scored = summary["scored"] + summary["resumed"] - before_failed
+        not_scored = summary["failed"] + summary["unsafe"] + summary["unknown_section"] + before_failed
+    if scored == 0:
+        return EXIT_NOTHING_SCORED
+    return EXIT_SOME_FAILED if not_scored else EXIT_OK
 
 
 # --------------------------------------------------------------------------- the steps of a run
@@ -158,32 +211,30 @@ def _enumerate_sources(input_list: list, settings: ScoreSettings) -> tuple[list[
     return sources, stats
 
 
-def _open_run(detector, input_list: list, settings: ScoreSettings) -> tuple[_Journal | None, dict]:
-    """The journal of the run folder (None without ``out_dir``) and the content of ``run.json``,
-    written there with ``"complete": false``."""
+def _open_run(detector, input_list: list, settings: ScoreSettings) -> tuple[_Journal | None, dict, RunLock | None]:
+    """The journal of the run folder and its lock (None, None without ``out_dir``; see
+    :func:`~fastasd.scoring.journal.open_run_dir`) and the content of ``run.json``, written there
+    with ``"complete": false``. A shard first checks that its merge will be allowed to write
+    into ``out_dir`` (:func:`~fastasd.scoring.merge.check_merge_target`)."""
     run_dir = settings.run_dir
-    journal = _Journal(run_dir, resume=settings.resume, overwrite=settings.overwrite) if run_dir is not None else None
+    if run_dir is None:
+        return None, {}, None
     override = settings.section
     run_info = {
-        "inputs": [os.fspath(x) for x in input_list],
+        "inputs": [text_name(os.fspath(x)) for x in input_list],
         "shard": list(settings.shard),
         "section": list(override) if override else None,
         "batch_size": settings.batch_size,
         "bf16": bool(settings.bf16),
-        "model": str(getattr(detector, "path", "") or ""),
+        **model_identity(detector),
         "complete": False,
     }
-    if run_dir is not None:
-        previous = run_dir / RUN_FILE
-        if settings.resume and previous.exists():
-            try:
-                old = json.loads(previous.read_text())
-                if old.get("inputs") != run_info["inputs"] or old.get("section") != run_info["section"]:
-                    logger.warning("%s: resuming with other inputs or --section than the interrupted run", run_dir)
-            except (OSError, ValueError):
-                pass
-        atomic_write_json(run_dir / RUN_FILE, run_info)
-    return journal, run_info
+    i, n = settings.shard
+    if n > 1:
+        check_merge_target(settings.out_dir, [settings.out_dir / shard_dir_name(k, n) for k in range(n)],
+                           overwrite=settings.overwrite)
+    journal, lock = open_run_dir(run_dir, run_info, resume=settings.resume, overwrite=settings.overwrite)
+    return journal, run_info, lock
 
 
 class _Writer:
@@ -197,14 +248,20 @@ class _Writer:
         self.errors: list[tuple[str, str]] = []
         self.new_records: dict[str, dict] = {}
         self._log_not_scored = _CappedLog()
+        self._log_noted = _CappedLog("scored with a warning", "warnings.csv")
 
-    def write(self, records: list[dict], errors: list[tuple[str, str]]) -> None:
-        """Scored ``records`` and ``(file, reason)`` of clips not scored (counted by the caller)."""
+    def write(self, records: list[dict], errors: list[tuple[str, str]], notes: list[tuple[str, str]] = ()) -> None:
+        """Scored ``records``, ``(file, reason)`` of clips not scored (counted by the caller) and
+        ``(file, note)`` of scored clips worth a word (``warnings.csv``)."""
+        errors = [(text_name(name), reason) for name, reason in errors]
         for name, reason in errors:
             self._log_not_scored(name, reason)
+        for name, note in notes:
+            self._log_noted(name, note)
         if self.journal is not None:
-            self.journal.write(records, errors)
+            self.journal.write(records, errors, notes)
         self.errors.extend(errors)
+        self.counts["warned"] += len(notes)
         self.counts["scored"] += len(records)
         if self.keep_records:
             for rec in records:
@@ -226,6 +283,7 @@ def _select_todo(detector, sources: list[AudioSource], writer: _Writer) -> list[
     for src in sources:
         if writer.journal is not None and writer.journal.is_done(src.name):
             counts["resumed"] += 1
+            counts["resumed_failed"] += text_name(src.name) in writer.journal.done_errors
         elif src.problem is not None:
             counts["unsafe" if src.problem.startswith("unsafe") else "failed"] += 1
             early_errors.append((src.name, src.problem))
@@ -251,10 +309,10 @@ def _score_batches(detector, todo: list[AudioSource], writer: _Writer, settings:
     bar = tqdm(total=len(todo), unit="clip", desc="scoring" if n == 1 else f"scoring {i}/{n}",
                disable=show_bar if show_bar is None else not show_bar, smoothing=0.05, dynamic_ncols=True)
     try:
-        for records, failed in _scored_batches(detector, todo, batch_size=settings.batch_size,
-                                               num_workers=settings.num_workers, bf16=settings.bf16):
+        for records, failed, noted in _scored_batches(detector, todo, batch_size=settings.batch_size,
+                                                      num_workers=settings.num_workers, bf16=settings.bf16):
             batch_errors = [(s.name, reason) for s, reason in failed]
-            writer.write(records, batch_errors)
+            writer.write(records, batch_errors, [(s.name, note) for s, note in noted])
             writer.counts["failed"] += len(batch_errors)
             bar.update(len(records) + len(batch_errors))
     finally:
@@ -267,8 +325,9 @@ def _summary(counts: Counter, stats: Counter, total: int, settings: ScoreSetting
     i, n = settings.shard
     skipped = sum(stats.values())
     summary = {
-        "scored": counts["scored"], "resumed": counts["resumed"], "failed": counts["failed"],
-        "unsafe": counts["unsafe"], "unknown_section": counts["unknown_section"],
+        "scored": counts["scored"], "resumed": counts["resumed"], "resumed_failed": counts["resumed_failed"],
+        "failed": counts["failed"], "unsafe": counts["unsafe"], "unknown_section": counts["unknown_section"],
+        "warned": counts["warned"],
         "skipped": skipped, "skipped_reasons": dict(stats), "total": total,
         "seconds": round(seconds, 3), "clips_per_s": counts["scored"] / seconds if seconds > 0 else 0.0,
         "shard": f"{i}/{n}",
@@ -285,7 +344,8 @@ def _result(sources: list[AudioSource], writer: _Writer, summary: dict, settings
     if settings.return_records:
         done = writer.journal.done_scores if writer.journal is not None else {}
         for src in sources:
-            rec = writer.new_records.get(src.name) or done.get(src.name)
+            name = text_name(src.name)
+            rec = writer.new_records.get(name) or done.get(name)
             if rec is not None:
                 result.append(rec)
     result.summary = summary
@@ -305,7 +365,7 @@ def _finish_run(run_info: dict, summary: dict, settings: ScoreSettings) -> None:
                                                                  strict=settings.submission is True)
         atomic_write_json(run_dir / RUN_FILE, {**run_info, "complete": True, "summary": summary})
         if n > 1:
-            _merge_if_all_done(settings.out_dir, n, settings.submission)
+            _merge_if_all_done(settings.out_dir, n, settings.submission, overwrite=settings.overwrite)
     if settings.progress is not False:
         print(_fmt_summary(summary), file=sys.stderr)
     else:
@@ -316,6 +376,7 @@ def _fmt_summary(s: dict) -> str:
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(s["skipped_reasons"].items()))
     shard = f" [shard {s['shard']}]" if s["shard"] != "0/1" else ""
     resumed = f", {s['resumed']} done before" if s["resumed"] else ""
+    warned = f", {s['warned']} with a warning (warnings.csv)" if s.get("warned") else ""
     return (f"fastasd score{shard}: scored {s['scored']}, failed {s['failed']}, unknown section "
             f"{s['unknown_section']}, skipped {s['skipped']}" + (f" ({skipped})" if skipped else "")
-            + f"{resumed} in {s['seconds']:.1f} s ({s['clips_per_s']:.1f} clips/s)")
+            + f"{resumed}{warned} in {s['seconds']:.1f} s ({s['clips_per_s']:.1f} clips/s)")

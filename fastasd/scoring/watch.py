@@ -11,16 +11,17 @@ from collections import Counter
 from pathlib import Path
 
 from fastasd._io import atomic_write_json
-from fastasd.data.inputs import iter_sources, parse_section
+from fastasd.data.inputs import iter_sources, parse_section, text_name
 from fastasd.scoring.journal import (
     RUN_FILE,
     SCORES_FILE,
     _CappedLog,
-    _Journal,
     _unknown_reason,
     _write_submission_from,
+    model_identity,
+    open_run_dir,
 )
-from fastasd.scoring.pipeline import _apply_ground_truth, _scored_batches
+from fastasd.scoring.pipeline import _apply_ground_truth, _scored_batches, check_batch_size
 
 # One logger for the whole job, under the name the log lines have always had (the CLI prints it).
 logger = logging.getLogger("fastasd.score")  # the name its log lines always had
@@ -69,10 +70,12 @@ def watch_inputs(
     with the rules of :func:`score_inputs`: an existing run needs ``resume`` (its clips are not
     scored again) or ``overwrite``. Decoding runs in a thread of this process.
 
-    It returns when ``stop`` is set or on ``KeyboardInterrupt`` (Ctrl-C; in the main thread the
-    first Ctrl-C lets the batch in flight finish, a second one abandons it and leaves it to
-    ``--resume``); the journals are then flushed and fsync'd, the submission files written (by
-    the rule of :func:`score_inputs`) and ``run.json`` updated with the summary.
+    It returns when ``stop`` is set or on ``KeyboardInterrupt`` (Ctrl-C), and in the main thread
+    on SIGTERM too (what systemd, docker and Kubernetes send to stop a service): the first signal
+    lets the batch in flight finish, a second one abandons it and leaves it to ``--resume``. The
+    journals are then flushed and fsync'd, the submission files written (by the rule of
+    :func:`score_inputs`) and ``run.json`` updated with the summary. Like :func:`score_inputs`
+    it locks ``out_dir`` and isolates each clip's failure.
 
     Returns:
         the summary: ``scored``, ``failed``, ``unknown_section``, ``resumed``, ``polls``,
@@ -81,9 +84,8 @@ def watch_inputs(
     Raises:
         ValueError: an input that is not a folder, a bad ``poll_interval`` or ``batch_size``.
         FileExistsError: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite``.
+        RunLocked: another process is writing to ``out_dir``.
     """
-    import signal
-
     folders = [folders] if isinstance(folders, (str, os.PathLike)) else list(folders)
     not_dirs = [os.fspath(f) for f in folders if not os.path.isdir(f)]
     if not folders or not_dirs:
@@ -93,15 +95,28 @@ def watch_inputs(
                          f"{poll_interval}, {batch_size}, {retries}")
     if resume and overwrite:
         raise ValueError("watch: resume and overwrite exclude each other")
+    check_batch_size(batch_size, int(detector.num_samples))
     override = parse_section(section)
     run_dir = Path(out_dir)
-    journal = _Journal(run_dir, resume=resume, overwrite=overwrite)
-    run_info = {"inputs": [os.fspath(f) for f in folders], "shard": [0, 1],
+    run_info = {"inputs": [text_name(os.fspath(f)) for f in folders], "shard": [0, 1],
                 "section": list(override) if override else None, "batch_size": batch_size,
-                "bf16": bool(bf16), "model": str(getattr(detector, "path", "") or ""),
+                "bf16": bool(bf16), **model_identity(detector),
                 "watch": {"poll_interval": poll_interval, "retries": retries}, "complete": False}
-    atomic_write_json(run_dir / RUN_FILE, run_info)
-    done = set(journal.done_scores) | set(journal.done_errors)
+    journal, lock = open_run_dir(run_dir, run_info, resume=resume, overwrite=overwrite)
+    try:
+        return _watch(detector, folders, journal, run_dir, run_info, poll_interval=poll_interval,
+                      retries=retries, batch_size=batch_size, override=override, submission=submission,
+                      bf16=bf16, ground_truth=ground_truth, stop=stop)
+    finally:
+        lock.release()
+
+
+def _watch(detector, folders: list, journal, run_dir: Path, run_info: dict, *, poll_interval: float, retries: int,
+           batch_size: int, override, submission, bf16: bool, ground_truth, stop) -> dict:
+    """The polling loop of :func:`watch_inputs` on an open run folder; returns the summary."""
+    import signal
+
+    done = set(journal.done_scores) | set(journal.done_errors)  # names as text (text_name)
     known = set(getattr(detector, "known_sections", ()) or ())
     stop = stop if stop is not None else threading.Event()
     seen: dict[str, tuple[int, int]] = {}
@@ -110,24 +125,27 @@ def watch_inputs(
     log_not_scored = _CappedLog()
     interrupts = []
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         interrupts.append(signum)
         if len(interrupts) > 1:
             raise KeyboardInterrupt
-        logger.info("watch: stopping after the batch in flight (Ctrl-C again to stop at once)")
+        logger.info("watch: %s: stopping after the batch in flight (again to stop at once)",
+                    signal.Signals(signum).name)
         stop.set()
 
-    previous_handler = None
+    previous_handlers = {}
     if threading.current_thread() is threading.main_thread():
-        previous_handler = signal.signal(signal.SIGINT, on_sigint)
-    logger.info("watching %s (poll every %g s); Ctrl-C stops", ", ".join(run_info["inputs"]), poll_interval)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous_handlers[signum] = signal.signal(signum, on_signal)
+    logger.info("watching %s (poll every %g s); Ctrl-C or SIGTERM stops", ", ".join(run_info["inputs"]),
+                poll_interval)
     t0 = time.perf_counter()
     try:
         while not stop.is_set():
             t_poll = time.monotonic()
             counts["polls"] += 1
             listed = [src for src in iter_sources(folders, override, stats=Counter())
-                      if src.name not in done]
+                      if text_name(src.name) not in done]
             if ground_truth is not None:
                 listed = _apply_ground_truth(listed, ground_truth)
             ready, early, now = [], [], {}
@@ -149,9 +167,9 @@ def watch_inputs(
                 counts["unknown_section"] += len(early)
             for name, reason in early:
                 log_not_scored(name, reason)
-                done.add(name)
-            for records, failed in _scored_batches(detector, ready, batch_size=batch_size,
-                                                   num_workers=0, bf16=bf16):
+                done.add(text_name(name))
+            for records, failed, noted in _scored_batches(detector, ready, batch_size=batch_size,
+                                                          num_workers=0, bf16=bf16):
                 reported = []
                 for src, reason in failed:
                     sig = seen.get(src.name)
@@ -163,8 +181,8 @@ def watch_inputs(
                     else:
                         failures[src.name] = (sig, tries)
                         logger.info("watch: %s does not decode yet (%s); trying again", src.name, reason)
-                journal.write(records, reported)
-                done.update([r["file"] for r in records] + [name for name, _ in reported])
+                journal.write(records, reported, [(src.name, note) for src, note in noted])
+                done.update([r["file"] for r in records] + [text_name(name) for name, _ in reported])
                 for name, reason in reported:
                     log_not_scored(name, reason)
                 counts["scored"] += len(records)
@@ -175,8 +193,8 @@ def watch_inputs(
     except KeyboardInterrupt:
         logger.info("watch: interrupted; the batch in flight is left to --resume")
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         journal.close()
     seconds = time.perf_counter() - t0
     summary = {"scored": counts["scored"], "failed": counts["failed"],

@@ -102,7 +102,7 @@ def _train_distributed(ctx, data_root, out_dir, cfg: Config, ground_truth, progr
         if encoder is None:  # a rank without members still needs the classes to build receivers
             from fastasd.data.labels import ClassEncoder
 
-            encoder = ClassEncoder().fit([c for c in clips if c.split == "train"])
+            encoder = ClassEncoder(cfg.aux_classes).fit([c for c in clips if c.split == "train"])
         for member in range(n):
             owner = member % world
             model = models[member] if owner == rank else EmbeddingNet(cfg, cfg.num_samples)
