@@ -165,7 +165,8 @@ def test_cli_watch_ctrl_c_or_sigterm_ends_cleanly(tmp_path, sig):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "fastasd", "score", str(tmp_path / "model"),
                              str(tmp_path / "incoming"), "--out", str(out), "--watch", "--poll-interval", "0.2",
-                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+                             "--device", "cpu", "--precision", "float32"],  # two processes: never two probes' decisions
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
         wait_for(lambda: (out / "run.json").exists() or proc.poll() is not None, what="the watcher to start")
         clips = sorted((root / "fan" / "test").glob("*.wav"))[:3]
@@ -181,7 +182,7 @@ def test_cli_watch_ctrl_c_or_sigterm_ends_cleanly(tmp_path, sig):
             proc.kill()
     assert proc.returncode == 0, output
     assert f"{signal.Signals(sig).name}: stopping after the batch in flight" in output
-    want = {Path(r["file"]).name: r["score"] for r in det.score(clips, num_workers=0, progress=False)}
+    want = {Path(r["file"]).name: r["score"] for r in det.score(clips, num_workers=0, progress=False, precision="float32")}
     got = {Path(r["file"]).name: r["score"] for r in read_scores_csv(out / "scores.csv")}
     assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
     run = json.loads((out / "run.json").read_text())
