@@ -37,11 +37,12 @@ def most_common_seconds(seconds: Iterable[float | None]) -> float | None:
 
 
 def log_length_fit(clips: Sequence, clip_seconds: float, what: str,
-                   log: logging.Logger = logger) -> None:
-    """Log (a WARNING) :func:`length_fit_message` for the clips' header durations, if any."""
+                   log: logging.Logger = logger, hint: str = "") -> None:
+    """Log (a WARNING) :func:`length_fit_message` for the clips' header durations, if any,
+    followed by ``hint``."""
     text = length_fit_message(header_seconds(clips), clip_seconds, what)
     if text:
-        log.warning(text)
+        log.warning("%s%s", text, hint)
 
 
 def length_fit_message(seconds: Sequence[float | None], clip_seconds: float, what: str) -> str | None:

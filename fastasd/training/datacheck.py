@@ -9,7 +9,7 @@ import logging
 from typing import Sequence
 
 from fastasd.config import Config
-from fastasd.data.lengths import header_seconds, length_fit_message, most_common_seconds
+from fastasd.data.lengths import header_seconds, log_length_fit, most_common_seconds
 from fastasd.data.labels import few_classes_message
 
 logger = logging.getLogger("fastasd.train")  # the training's log lines
@@ -24,9 +24,8 @@ def check_training_data(train_clips: Sequence, encoder, config: Config) -> None:
     text = few_classes_message(encoder, train_clips)
     if text:
         logger.warning(text)
-    text = length_fit_message(header_seconds(train_clips), config.clip_seconds, "training clips")
-    if text:
-        logger.warning("%s; --clip-seconds auto trains on the most common length", text)
+    log_length_fit(train_clips, config.clip_seconds, "training clips", logger,
+                   hint="; --clip-seconds auto trains on the most common length")
 
 
 def resolve_clip_seconds(config: Config, data_root, ground_truth=None) -> Config:
